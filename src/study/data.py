@@ -1,0 +1,316 @@
+"""Datasets -> standardized tensors on the training device, seeded splits, in-memory batching."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from study.errors import UserError
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+TASKS = (CLASSIFICATION, REGRESSION)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Raw features and target of one dataset, before splitting."""
+
+    features: np.ndarray  # (n, d) float
+    target: np.ndarray  # (n,) int class ids for classification, float for regression
+    task: str
+    name: str
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.target.max()) + 1 if self.task == CLASSIFICATION else 0
+
+    def fingerprint(self) -> str:
+        """A short hash of the exact numbers, so two runs can tell they saw the same data."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.features, dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(self.target, dtype=np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+    n_features: int
+    n_outputs: int  # logits for classification (1 for binary), 1 for regression
+    task: str
+    fingerprint: str
+    target_scale: float = 1.0  # regression targets are standardized; metrics scale back by this
+
+
+class Batches:
+    """Mini-batches sliced from tensors that already live on the training device.
+
+    Cheaper than a DataLoader over a TensorDataset: no collation, no per-sample indexing, and
+    no host-to-device copy per step. Shuffling is seeded per epoch, so runs are reproducible.
+    """
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y, n = self.split.x, self.split.y, len(self.split)
+        if not self.shuffle:
+            for start in range(0, n, self.batch_size):
+                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+            return
+        order = torch.randperm(n, generator=self._generator).to(x.device)
+        for index in order.split(self.batch_size):
+            yield x[index], y[index]
+
+
+class TabularData:
+    """A tabular dataset with a seeded train/validation/test split and batching settings.
+
+    Subclasses say where the numbers come from (`load`); this class splits them, standardizes
+    features with statistics of the training split only, and hands out batches.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+
+    def load(self, task: str) -> Table:
+        """Features and target for a model of `task`; raise UserError if the data cannot serve it."""
+        raise NotImplementedError
+
+    def prepare(self, task: str, device: torch.device | str = "cpu") -> Splits:
+        table = self.load(task)
+        if table.task != task:
+            model = "classifier" if task == CLASSIFICATION else "regressor"
+            fitting = "classifier" if table.task == CLASSIFICATION else "regressor"
+            raise UserError(
+                f"data={table.name} is a {table.task} dataset but model={model} needs "
+                f"{task}: use model={fitting}"
+            )
+        return split_and_standardize(
+            table, self.val_fraction, self.test_fraction, self.seed, torch.device(device)
+        )
+
+    def train_batches(self, splits: Splits) -> Batches:
+        return Batches(splits.train, self.batch_size, shuffle=True, seed=self.seed)
+
+    @staticmethod
+    def eval_batches(split: Split) -> Batches:
+        # The evaluation splits of tabular data fit in one batch: one forward pass per epoch.
+        return Batches(split, max(len(split), 1), shuffle=False)
+
+
+def split_and_standardize(
+    table: Table, val_fraction: float, test_fraction: float, seed: int, device: torch.device
+) -> Splits:
+    n = len(table.target)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    n_train = n - n_val - n_test
+    if n_train < 2 or n_val < 1 or n_test < 1:
+        raise UserError(
+            f"data={table.name} has {n} rows: too few for a train/val/test split with "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction} (need >= 2/1/1 rows)"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    parts = np.split(order, [n_train, n_train + n_val])
+    features = table.features.astype(np.float64)
+    mean = features[parts[0]].mean(axis=0)
+    std = features[parts[0]].std(axis=0)
+    std[std == 0] = 1.0  # a constant column stays constant (zero) instead of becoming NaN
+    standardized = ((features - mean) / std).astype(np.float32)
+
+    if table.task == CLASSIFICATION:
+        target = torch.as_tensor(table.target, dtype=torch.long)
+        n_outputs = 1 if table.n_classes <= 2 else table.n_classes
+        target_scale = 1.0
+    else:
+        train_target = table.target[parts[0]]
+        target_scale = float(train_target.std()) or 1.0
+        standardized_target = (table.target - train_target.mean()) / target_scale
+        target = torch.as_tensor(standardized_target, dtype=torch.float32)
+        n_outputs = 1
+    x = torch.as_tensor(standardized).to(device)
+    y = target.to(device)
+
+    def take(index: np.ndarray) -> Split:
+        rows = torch.as_tensor(index, device=device)
+        return Split(x[rows], y[rows])
+
+    return Splits(
+        train=take(parts[0]),
+        val=take(parts[1]),
+        test=take(parts[2]),
+        n_features=x.shape[1],
+        n_outputs=n_outputs,
+        task=table.task,
+        fingerprint=table.fingerprint(),
+        target_scale=target_scale,
+    )
+
+
+class LectureData(TabularData):
+    """The classic "will I pass this class?" problem, generated deterministically from a seed.
+
+    Features: lectures attended (0-30) and hours spent on the final project (0-40). The grade
+    depends nonlinearly on both (diminishing returns, and a project with too few lectures behind
+    it does not pay off); pass means grade >= 50. `noise` blurs the grade, so a model that fits
+    every training student is overfitting.
+    """
+
+    def __init__(self, n_samples: int = 400, noise: float = 8.0, **split: object) -> None:
+        super().__init__(**split)  # type: ignore[arg-type]
+        self.n_samples = n_samples
+        self.noise = noise
+
+    def load(self, task: str) -> Table:
+        rng = np.random.default_rng(self.seed)
+        lectures = rng.uniform(0, 30, self.n_samples)
+        hours = rng.uniform(0, 40, self.n_samples)
+        skill = 70 * (1 - np.exp(-lectures / 10)) + 40 * (1 - np.exp(-hours / 12))
+        synergy = -25 * np.exp(-((lectures - 5) ** 2) / 30) * (hours / 40)
+        grade = np.clip(skill + synergy - 25 + rng.normal(0, self.noise, self.n_samples), 0, 100)
+        features = np.column_stack([lectures, hours])
+        if task == CLASSIFICATION:
+            return Table(features, (grade >= 50).astype(np.int64), CLASSIFICATION, "lecture")
+        return Table(features, grade, REGRESSION, "lecture")
+
+
+_SKLEARN_SETS = {
+    "breast_cancer": CLASSIFICATION,
+    "wine": CLASSIFICATION,
+    "digits": CLASSIFICATION,
+    "diabetes": REGRESSION,
+}
+
+
+class SklearnData(TabularData):
+    """A tabular dataset that scikit-learn ships on disk: breast_cancer, wine, digits, diabetes."""
+
+    def __init__(self, name: str, **split: object) -> None:
+        super().__init__(**split)  # type: ignore[arg-type]
+        if name not in _SKLEARN_SETS:
+            raise UserError(f"data.name={name!r} is unknown: use one of {sorted(_SKLEARN_SETS)}")
+        self.name = name
+
+    def load(self, task: str) -> Table:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{self.name}")()
+        target_dtype = np.int64 if _SKLEARN_SETS[self.name] == CLASSIFICATION else np.float64
+        return Table(
+            np.asarray(bunch.data, dtype=np.float64),
+            np.asarray(bunch.target, dtype=target_dtype),
+            _SKLEARN_SETS[self.name],
+            self.name,
+        )
+
+
+class CsvData(TabularData):
+    """The user's own CSV: every column but `target` is a numeric feature.
+
+    `task: auto` treats an integer target with at most `max_classes` distinct values as class
+    labels and anything else as a regression target.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        target: str,
+        task: str = "auto",
+        max_classes: int = 20,
+        **split: object,
+    ) -> None:
+        super().__init__(**split)  # type: ignore[arg-type]
+        if task not in (*TASKS, "auto"):
+            raise UserError(f"data.task={task!r} is not allowed: use auto, {', '.join(TASKS)}")
+        self.path = Path(path).expanduser()
+        self.target = target
+        self.task = task
+        self.max_classes = max_classes
+
+    def load(self, task: str) -> Table:
+        import pandas as pd
+
+        if not self.path.is_file():
+            raise UserError(f"data.path={self.path} does not exist: give the path of a CSV file")
+        try:
+            frame = pd.read_csv(self.path)
+        except pd.errors.EmptyDataError:
+            raise UserError(f"data.path={self.path} is empty: the CSV needs a header and rows")
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            reason = str(error).splitlines()[0]
+            raise UserError(f"data.path={self.path} is not a readable CSV: {reason}")
+        if frame.empty:
+            raise UserError(f"data.path={self.path} has a header but no rows")
+        if self.target not in frame.columns:
+            raise UserError(
+                f"data.target={self.target!r} is not a column of {self.path.name}: "
+                f"columns are {list(frame.columns)}"
+            )
+        for column in frame.columns:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = values.isna() | ~np.isfinite(values.astype(float))
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header
+                kind = "missing" if frame[column].isna().iloc[row - 2] else "non-numeric"
+                raise UserError(
+                    f"column {column!r} of {self.path.name} has a {kind} value on line {row}: "
+                    "every column must be numeric with no gaps"
+                )
+            frame[column] = values
+        target = frame.pop(self.target).to_numpy(dtype=np.float64)
+        if frame.shape[1] == 0:
+            raise UserError(f"{self.path.name} has only the target column: add feature columns")
+        inferred = self._infer_task(target)
+        if inferred == CLASSIFICATION:
+            labels, codes = np.unique(target, return_inverse=True)
+            if len(labels) < 2:
+                raise UserError(
+                    f"data.target={self.target!r} has one class only: a classifier needs two"
+                )
+            return Table(frame.to_numpy(np.float64), codes.astype(np.int64), inferred, "csv")
+        return Table(frame.to_numpy(np.float64), target, inferred, "csv")
+
+    def _infer_task(self, target: np.ndarray) -> str:
+        if self.task != "auto":
+            if self.task == CLASSIFICATION and not np.all(target == np.round(target)):
+                raise UserError(
+                    f"data.task=classification but data.target={self.target!r} is not "
+                    "integer class labels: use data.task=regression"
+                )
+            return self.task
+        integral = np.all(target == np.round(target))
+        return CLASSIFICATION if integral and len(np.unique(target)) <= self.max_classes else (
+            REGRESSION
+        )

@@ -1,0 +1,119 @@
+"""One tracked run: validate the config, train it, and record everything needed to rerun it."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
+
+from study.curves import plot_curves
+from study.tracking import (
+    PROJECT_ROOT,
+    MetricsLogger,
+    Store,
+    flatten,
+    log_metrics,
+    redact,
+    set_tags,
+    tracked_run,
+)
+from study.train import FitResult, fit
+from study.validate import validate
+
+CONFIG_ARTIFACT = "config.yaml"
+OVERRIDES_ARTIFACT = "overrides.yaml"
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    experiment_id: str
+    result: FitResult
+
+
+@functools.cache
+def environment_tags() -> dict[str, str]:
+    """Code and library versions: what a rerun must match to reproduce the numbers."""
+    tags = {f"version.{name}": version(name) for name in
+            ("torch", "pytorch-lightning", "optuna", "mlflow", "hydra-core")}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.dirty"] = str(bool(dirty)).lower()
+    except (OSError, subprocess.SubprocessError):
+        tags["mlflow.source.git.commit"] = "unknown"
+    return tags
+
+
+def resolved_config(cfg: DictConfig) -> DictConfig:
+    """The run's config with interpolations resolved and Hydra's own settings left out."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    return OmegaConf.create(plain)
+
+
+def write_config_files(cfg: DictConfig, overrides: Sequence[str], output_dir: Path) -> list[Path]:
+    """The resolved config and the command-line overrides, with credentials masked."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / CONFIG_ARTIFACT
+    config_path.write_text(redact(OmegaConf.to_yaml(cfg)))
+    overrides_path = output_dir / OVERRIDES_ARTIFACT
+    overrides_path.write_text(yaml.safe_dump([redact(item) for item in overrides]))
+    return [config_path, overrides_path]
+
+
+def run_one(
+    cfg: DictConfig,
+    output_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    store: Store | None = None,
+) -> RunOutcome:
+    """Train `cfg` as one MLflow run; the run ends FINISHED, or FAILED/KILLED on any error."""
+    validate(cfg)
+    cfg = resolved_config(cfg)
+    store = store or Store.from_config(cfg.tracking.uri)
+    client = store.client()
+    experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+    config_files = write_config_files(cfg, overrides, output_dir)
+    run_tags = {
+        **environment_tags(),
+        "seed": str(cfg.seed),
+        "torch.threads": str(torch.get_num_threads()),
+        **(tags or {}),
+    }
+    with tracked_run(
+        client, experiment_id, run_name, run_tags, flatten(cfg), parent_run_id
+    ) as run_id:
+        metrics_logger = MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s))
+        result = fit(cfg, output_dir, [metrics_logger, *callbacks])
+        log_metrics(client, run_id, result.summary())
+        set_tags(client, run_id, {"data.fingerprint": result.data_fingerprint,
+                                  "device": result.device})
+        curves = plot_curves(result.history, output_dir / "curves.png",
+                             title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}")
+        for path in [*config_files, curves]:
+            client.log_artifact(run_id, str(path))
+        if result.checkpoint is not None:
+            client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
+    return RunOutcome(run_id, experiment_id, result)

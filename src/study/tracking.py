@@ -1,0 +1,193 @@
+"""MLflow: the store, experiments, runs with a guaranteed final status, buffered metric logging."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from study.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# MLflow 3 opens experiments in its GenAI view unless told they hold model training.
+EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
+_MAX_PARAM_LENGTH = 6000
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Mask the password of every URL in `text` (`postgresql://u:secret@h` -> `...u:***@h`)."""
+    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where runs go: a tracking URI, and for local stores the folder that holds artifacts."""
+
+    uri: str
+    artifact_root: Path | None
+
+    @classmethod
+    def from_config(cls, uri: str | None) -> Store:
+        if not uri:
+            db = PROJECT_ROOT / "mlruns" / "mlflow.db"
+            return cls(f"sqlite:///{db}", db.parent)
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+            return cls(f"sqlite:///{db}", db.parent)
+        if re.match(r"^(https?|postgresql|mysql|mssql)(\+\w+)?://", uri) or uri.startswith(
+            "databricks"
+        ):
+            return cls(uri, None)
+        raise UserError(
+            f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
+            "sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
+        )
+
+    def client(self) -> MlflowClient:
+        if self.artifact_root is not None:
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, client: MlflowClient, name: str) -> str:
+        """The id of experiment `name`, created (model-training view, local artifacts) if new."""
+        try:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            location = (
+                (self.artifact_root / "artifacts").as_uri() if self.artifact_root else None
+            )
+            return client.create_experiment(name, location, tags=EXPERIMENT_KIND_TAG)
+        except Exception as error:
+            if type(error).__name__ == "RestException" and "RESOURCE_ALREADY_EXISTS" in str(error):
+                return client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
+            raise UserError(
+                f"tracking.uri={redact(self.uri)!r} cannot be reached: {_first_line(error)}"
+            ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return redact(lines[0] if lines else type(error).__name__)[:300]
+
+
+def flatten(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
+    """The resolved config as dotted keys -> strings, the way MLflow stores params."""
+    flat: dict[str, str] = {}
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            flat[path] = redact(str(shown))[:_MAX_PARAM_LENGTH]
+    return flat
+
+
+@contextmanager
+def tracked_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """Create a run and always close it: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    status = "FINISHED"
+    try:
+        if params:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        yield run_id
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException as error:
+        status = "FAILED"
+        message = error.args[0] if isinstance(error, UserError) and error.args else repr(error)
+        _quietly(client.set_tag, run_id, "error", redact(str(message))[:5000])
+        raise
+    finally:
+        _quietly(client.set_terminated, run_id, status)
+
+
+def _quietly(call: Any, *args: Any) -> None:
+    try:
+        call(*args)
+    except Exception:  # the store itself failing must not hide the error that brought us here
+        pass
+
+
+class MetricsLogger(pl.Callback):
+    """Sends each epoch's metrics (step = epoch) to MLflow in batches.
+
+    One `log_batch` per `flush_every_s` seconds instead of one write per metric per epoch:
+    a synchronous sqlite write costs ~10 ms, far more than an epoch of a small MLP.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_every_s = flush_every_s
+        self._pending: list[Metric] = []
+        self._sent_epochs = 0
+        self._last_flush = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history: list[dict[str, float]] = getattr(pl_module, "history", [])
+        now_ms = int(time.time() * 1000)
+        for row in history[self._sent_epochs :]:
+            epoch = int(row["epoch"])
+            self._pending += [
+                Metric(name, float(value), now_ms, epoch)
+                for name, value in row.items()
+                if name != "epoch"
+            ]
+        self._sent_epochs = len(history)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.flush()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        _quietly(self.flush)
+
+    def flush(self) -> None:
+        # MLflow takes at most 1000 metrics per batch.
+        for start in range(0, len(self._pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
+    now_ms = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+
+
+def runs_url(host: str, experiment_id: str) -> str:
+    """Link to an experiment's runs table in the MLflow UI's model-training view."""
+    return f"{host.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

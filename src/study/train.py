@@ -1,0 +1,164 @@
+"""fit(cfg): build data, model and trainer from a validated config and train one model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from study.curves import best_row
+from study.data import REGRESSION, Splits, TabularData
+from study.tasks import MLPTask
+
+# Lightning's advice about worker processes and small batch counts does not apply to batches
+# sliced from in-memory tensors; its banner lines are noise in every run's output.
+for _noisy in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
+warnings.filterwarnings("ignore", message=r".*is an invalid type.*")
+
+
+@dataclass
+class FitResult:
+    """What one training run produced: the curves, the early-stopping point, the test score."""
+
+    history: list[dict[str, float]]
+    test_metrics: dict[str, float]
+    checkpoint: Path | None
+    device: str
+    data_fingerprint: str
+    stopped_early: bool
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The epoch of minimum validation loss: where early stopping should stop."""
+        return best_row(self.history)
+
+    @property
+    def best_epoch(self) -> int:
+        return int(self.best.get("epoch", 0))
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.best.get("val/loss", math.nan)
+
+    @property
+    def stopped_epoch(self) -> int:
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "stopped_epoch": self.stopped_epoch,
+            **self.test_metrics,
+            **self.extra,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    pl.seed_everything(seed, workers=False, verbose=False)
+    # Bitwise-identical reruns on CPU: pick deterministic kernels wherever torch has them.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def fit(
+    cfg: DictConfig,
+    output_dir: Path,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train the model `cfg` describes; keep the best checkpoint in `output_dir`.
+
+    The config must already be validated (study.validate). Extra `callbacks` (metric logging,
+    pruning) are added to Lightning's early stopping and checkpointing.
+    """
+    seed_everything(int(cfg.seed))
+    trainer_cfg = cfg.trainer
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
+    all_callbacks: list[Callback] = [checkpoint, *callbacks]
+    early_stopping = trainer_cfg.early_stopping
+    if early_stopping.enabled:
+        all_callbacks.append(
+            EarlyStopping(
+                monitor="val/loss",
+                mode="min",
+                patience=int(early_stopping.patience),
+                min_delta=float(early_stopping.min_delta),
+                check_finite=True,
+            )
+        )
+    trainer = pl.Trainer(
+        accelerator=trainer_cfg.accelerator,
+        devices=1,
+        max_epochs=int(trainer_cfg.max_epochs),
+        callbacks=all_callbacks,
+        logger=False,
+        enable_progress_bar=bool(trainer_cfg.progress_bar),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,  # set by seed_everything with warn_only; Lightning's flag is strict
+        default_root_dir=str(output_dir),
+    )
+    device = trainer.strategy.root_device
+    data: TabularData = instantiate(cfg.data)
+    model_class = _model_class(cfg)
+    splits = data.prepare(model_class.task, device)
+    model = build_model(cfg, splits)
+    trainer.fit(model, data.train_batches(splits), data.eval_batches(splits.val))
+
+    best_path = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    if best_path is not None:
+        state = torch.load(best_path, map_location=device, weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+    trainer.test(model, data.eval_batches(splits.test), verbose=False)
+    return FitResult(
+        history=model.history,
+        test_metrics=model.test_metrics,
+        checkpoint=best_path,
+        device=_device_name(device),
+        data_fingerprint=splits.fingerprint,
+        stopped_early=trainer.should_stop,
+    )
+
+
+def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
+    extra = {"target_scale": splits.target_scale} if splits.task == REGRESSION else {}
+    return instantiate(
+        cfg.model,
+        in_features=splits.n_features,
+        out_features=splits.n_outputs,
+        optimizer=instantiate(cfg.optimizer),
+        **extra,
+    )
+
+
+def _model_class(cfg: DictConfig) -> type[MLPTask]:
+    from hydra.utils import get_class
+
+    return get_class(cfg.model._target_)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index or 0
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
