@@ -17,8 +17,19 @@ from study.tracking import PROJECT_ROOT, redact
 CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_CONFIG = "train"
 # Hydra flags that take a value, so that value is not mistaken for a config name.
-_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                     "--cfg", "-c", "--package", "-p", "--experimental-rerun"}
+_FLAGS_WITH_VALUE = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+}
 
 
 def split_config_name(argv: Sequence[str]) -> tuple[str, list[str]]:
@@ -47,13 +58,17 @@ def one_line(error: BaseException) -> str:
         cause_line = str(cause).strip().splitlines()[0]
         if cause_line not in lines:
             lines.append(cause_line)
+    # Hydra appends its config search path to "Could not find" errors: noise for a user.
+    search_path = [i for i, line in enumerate(lines) if line.startswith("Config search path")]
+    if search_path:
+        lines = lines[: search_path[0]]
+    if len(lines) > 2 and lines[1].startswith("Available options"):
+        lines = [lines[0], f"{lines[1]} {', '.join(lines[2:])}"]
     text = "; ".join(line for line in lines if not line.startswith(("full_key", "object_type")))
     return redact(text or type(error).__name__)
 
 
-def run_hydra(
-    task: Callable[..., object], argv: Sequence[str], conf_dir: Path = CONF_DIR
-) -> int:
+def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path = CONF_DIR) -> int:
     """Run `task` under hydra.main with argv; bad input -> one line on stderr and exit code 2."""
     import hydra
     from hydra.errors import HydraException
@@ -62,16 +77,32 @@ def run_hydra(
     config_name, hydra_argv = split_config_name(argv)
     if not (conf_dir / f"{config_name}.yaml").is_file():
         available = sorted(p.stem for p in conf_dir.glob("*.yaml"))
-        print(f"error: no config named {config_name!r} in {conf_dir}: use one of "
-              f"{', '.join(available)} (or key=value overrides)", file=sys.stderr)
+        print(
+            f"error: no config named {config_name!r} in {conf_dir}: use one of "
+            f"{', '.join(available)} (or key=value overrides)",
+            file=sys.stderr,
+        )
         return 2
     # Let errors reach us instead of Hydra printing a multi-line report and exiting with 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     main = hydra.main(config_path=str(conf_dir), config_name=config_name, version_base="1.3")
+    user_errors: list[UserError] = []
+
+    def reported_task(cfg: object) -> object:
+        # A UserError is returned, not raised, through Hydra: Hydra would print its own
+        # "Error executing job" line before ours.
+        try:
+            return task(cfg)
+        except UserError as error:
+            user_errors.append(error)
+            return None
+
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *hydra_argv]
     try:
-        main(task)()
+        main(reported_task)()
+        if user_errors:
+            raise user_errors[0]
     except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return error.exit_code

@@ -19,10 +19,14 @@ def train_job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     outcome = run_one(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     result = outcome.result
-    print(f"run {outcome.run_id} on {result.device}: best epoch {result.best_epoch} of "
-          f"{result.stopped_epoch}, best val/loss {result.best_val_loss:.4f}")
-    print("  test: " + ", ".join(f"{k.removeprefix('test/')} {v:.4f}"
-                                 for k, v in result.test_metrics.items()))
+    print(
+        f"run {outcome.run_id} on {result.device}: best epoch {result.best_epoch} of "
+        f"{result.stopped_epoch}, best val/loss {result.best_val_loss:.4f}"
+    )
+    print(
+        "  test: "
+        + ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in result.test_metrics.items())
+    )
     print(f"  reproduce: python scripts/reproduce.py {outcome.run_id}")
     return result.best_val_loss
 

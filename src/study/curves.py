@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-
 def best_row(history: Sequence[dict[str, float]]) -> dict[str, float]:
     """The epoch of minimum (finite) validation loss, or {} when there is none."""
     finite = [row for row in history if math.isfinite(row.get("val/loss", math.nan))]
@@ -28,8 +27,13 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
     best = best_row(history)
     if best:
         axes.axvline(best["epoch"], color="grey", linestyle="--", linewidth=1)
-        axes.scatter([best["epoch"]], [best["val/loss"]], color="red", zorder=3,
-                     label=f"early stop: epoch {int(best['epoch'])}")
+        axes.scatter(
+            [best["epoch"]],
+            [best["val/loss"]],
+            color="red",
+            zorder=3,
+            label=f"early stop: epoch {int(best['epoch'])}",
+        )
     axes.set_xlabel("epoch")
     axes.set_ylabel("loss")
     axes.set_title(title)

@@ -106,7 +106,7 @@ class TabularData:
         self.seed = seed
 
     def load(self, task: str) -> Table:
-        """Features and target for a model of `task`; raise UserError if the data cannot serve it."""
+        """Features and target for a model of `task`; UserError if the data cannot serve it."""
         raise NotImplementedError
 
     def prepare(self, task: str, device: torch.device | str = "cpu") -> Splits:
@@ -266,11 +266,12 @@ class CsvData(TabularData):
             raise UserError(f"data.path={self.path} does not exist: give the path of a CSV file")
         try:
             frame = pd.read_csv(self.path)
-        except pd.errors.EmptyDataError:
-            raise UserError(f"data.path={self.path} is empty: the CSV needs a header and rows")
+        except pd.errors.EmptyDataError as error:
+            message = f"data.path={self.path} is empty: the CSV needs a header and rows"
+            raise UserError(message) from error
         except (pd.errors.ParserError, UnicodeDecodeError) as error:
             reason = str(error).splitlines()[0]
-            raise UserError(f"data.path={self.path} is not a readable CSV: {reason}")
+            raise UserError(f"data.path={self.path} is not a readable CSV: {reason}") from error
         if frame.empty:
             raise UserError(f"data.path={self.path} has a header but no rows")
         if self.target not in frame.columns:
@@ -311,6 +312,8 @@ class CsvData(TabularData):
                 )
             return self.task
         integral = np.all(target == np.round(target))
-        return CLASSIFICATION if integral and len(np.unique(target)) <= self.max_classes else (
-            REGRESSION
+        return (
+            CLASSIFICATION
+            if integral and len(np.unique(target)) <= self.max_classes
+            else (REGRESSION)
         )

@@ -25,7 +25,7 @@ from study.tracking import (
     set_tags,
     tracked_run,
 )
-from study.train import FitResult, fit
+from study.train import FitResult, fit, prepare_data
 from study.validate import validate
 
 CONFIG_ARTIFACT = "config.yaml"
@@ -42,16 +42,24 @@ class RunOutcome:
 @functools.cache
 def environment_tags() -> dict[str, str]:
     """Code and library versions: what a rerun must match to reproduce the numbers."""
-    tags = {f"version.{name}": version(name) for name in
-            ("torch", "pytorch-lightning", "optuna", "mlflow", "hydra-core")}
+    tags = {
+        f"version.{name}": version(name)
+        for name in ("torch", "pytorch-lightning", "optuna", "mlflow", "hydra-core")
+    }
     try:
         commit = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         tags["mlflow.source.git.commit"] = commit
         tags["git.dirty"] = str(bool(dirty)).lower()
@@ -95,6 +103,7 @@ def run_one(
     store = store or Store.from_config(cfg.tracking.uri)
     client = store.client()
     experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+    prepared = prepare_data(cfg)  # bad data fails here, before a run exists
     config_files = write_config_files(cfg, overrides, output_dir)
     run_tags = {
         **environment_tags(),
@@ -106,12 +115,16 @@ def run_one(
         client, experiment_id, run_name, run_tags, flatten(cfg), parent_run_id
     ) as run_id:
         metrics_logger = MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s))
-        result = fit(cfg, output_dir, [metrics_logger, *callbacks])
+        result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
         log_metrics(client, run_id, result.summary())
-        set_tags(client, run_id, {"data.fingerprint": result.data_fingerprint,
-                                  "device": result.device})
-        curves = plot_curves(result.history, output_dir / "curves.png",
-                             title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}")
+        set_tags(
+            client, run_id, {"data.fingerprint": result.data_fingerprint, "device": result.device}
+        )
+        curves = plot_curves(
+            result.history,
+            output_dir / "curves.png",
+            title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
+        )
         for path in [*config_files, curves]:
             client.log_artifact(run_id, str(path))
         if result.checkpoint is not None:

@@ -59,7 +59,7 @@ class MLPTask(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, index: int) -> Any:
         return batch  # batches are sliced from tensors that already live on the device
 
     def on_train_epoch_start(self) -> None:

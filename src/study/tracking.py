@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -17,11 +19,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from study.errors import UserError
 
+# A new or migrated store announces its schema upgrade at INFO level on every first use.
+for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PARAM_LENGTH = 6000
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@")
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@"
+)
 
 
 def redact(text: str) -> str:
@@ -64,9 +72,7 @@ class Store:
             experiment = client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
-            location = (
-                (self.artifact_root / "artifacts").as_uri() if self.artifact_root else None
-            )
+            location = (self.artifact_root / "artifacts").as_uri() if self.artifact_root else None
             return client.create_experiment(name, location, tags=EXPERIMENT_KIND_TAG)
         except Exception as error:
             if type(error).__name__ == "RestException" and "RESOURCE_ALREADY_EXISTS" in str(error):
@@ -85,7 +91,7 @@ def flatten(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
     """The resolved config as dotted keys -> strings, the way MLflow stores params."""
     flat: dict[str, str] = {}
     for key, value in cfg.items():
-        path = f"{prefix}{key}"
+        path = f"{prefix}{key!s}"
         if isinstance(value, DictConfig):
             flat.update(flatten(value, f"{path}."))
         else:
@@ -127,10 +133,9 @@ def tracked_run(
 
 
 def _quietly(call: Any, *args: Any) -> None:
-    try:
+    # The store itself failing must not hide the error that brought us here.
+    with contextlib.suppress(Exception):
         call(*args)
-    except Exception:  # the store itself failing must not hide the error that brought us here
-        pass
 
 
 class MetricsLogger(pl.Callback):

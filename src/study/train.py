@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
@@ -26,6 +26,7 @@ for _noisy in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accel
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
 warnings.filterwarnings("ignore", message=r".*is an invalid type.*")
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13
 
 
 @dataclass
@@ -73,16 +74,39 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+@dataclass
+class PreparedData:
+    data: TabularData
+    splits: Splits
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    """Load, split and standardize the data on the training device; UserError if unusable."""
+    data: TabularData = instantiate(cfg.data)
+    model_class: type[MLPTask] = get_class(cfg.model._target_)
+    task = model_class.task
+    return PreparedData(data, data.prepare(task, resolve_device(cfg.trainer.accelerator)))
+
+
 def fit(
     cfg: DictConfig,
     output_dir: Path,
     callbacks: Sequence[Callback] = (),
+    prepared: PreparedData | None = None,
 ) -> FitResult:
     """Train the model `cfg` describes; keep the best checkpoint in `output_dir`.
 
     The config must already be validated (study.validate). Extra `callbacks` (metric logging,
     pruning) are added to Lightning's early stopping and checkpointing.
     """
+    prepared = prepared or prepare_data(cfg)
+    data, splits = prepared.data, prepared.splits
     seed_everything(int(cfg.seed))
     trainer_cfg = cfg.trainer
     checkpoint = ModelCheckpoint(
@@ -106,8 +130,9 @@ def fit(
                 check_finite=True,
             )
         )
+    device = splits.train.x.device
     trainer = pl.Trainer(
-        accelerator=trainer_cfg.accelerator,
+        accelerator="cuda" if device.type == "cuda" else "cpu",
         devices=1,
         max_epochs=int(trainer_cfg.max_epochs),
         callbacks=all_callbacks,
@@ -118,10 +143,6 @@ def fit(
         deterministic=False,  # set by seed_everything with warn_only; Lightning's flag is strict
         default_root_dir=str(output_dir),
     )
-    device = trainer.strategy.root_device
-    data: TabularData = instantiate(cfg.data)
-    model_class = _model_class(cfg)
-    splits = data.prepare(model_class.task, device)
     model = build_model(cfg, splits)
     trainer.fit(model, data.train_batches(splits), data.eval_batches(splits.val))
 
@@ -149,12 +170,6 @@ def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
         optimizer=instantiate(cfg.optimizer),
         **extra,
     )
-
-
-def _model_class(cfg: DictConfig) -> type[MLPTask]:
-    from hydra.utils import get_class
-
-    return get_class(cfg.model._target_)
 
 
 def _device_name(device: torch.device) -> str:

@@ -62,7 +62,7 @@ def validate(cfg: DictConfig) -> None:
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     missing = []
-    for key in cfg:
+    for key in map(str, cfg):
         if OmegaConf.is_missing(cfg, key):
             missing.append(f"{prefix}{key}")
         elif isinstance(cfg[key], DictConfig):
@@ -97,9 +97,10 @@ def _validate(cfg: DictConfig) -> None:
     if not isinstance(hidden, ListConfig) or len(hidden) == 0:
         raise _fail("model.hidden_sizes", _plain(hidden), "must be a non-empty list like [32, 32]")
     if any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in hidden):
-        raise _fail("model.hidden_sizes", _plain(hidden), "every layer size must be an integer >= 1")
+        raise _fail("model.hidden_sizes", _plain(hidden), "each size must be an integer >= 1")
     if cfg.model.activation not in ACTIVATIONS:
-        raise _fail("model.activation", cfg.model.activation, f"use one of {', '.join(ACTIVATIONS)}")
+        allowed = f"use one of {', '.join(ACTIVATIONS)}"
+        raise _fail("model.activation", cfg.model.activation, allowed)
     _fraction(cfg, "model.dropout")
 
     _at_least(cfg, "trainer.max_epochs", 1)
