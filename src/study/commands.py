@@ -33,3 +33,43 @@ def train_job(cfg: DictConfig) -> float:
 
 def run_main() -> int:
     return run_hydra(train_job, sys.argv[1:])
+
+
+def reproduce_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from study.errors import UserError
+    from study.reproduce import reproduce
+    from study.tracking import redact
+
+    parser = argparse.ArgumentParser(description="Rerun an MLflow run from what it logged.")
+    parser.add_argument("run_id")
+    parser.add_argument("--tracking-uri", help="store holding the run (default: the project's)")
+    args = parser.parse_args(argv)
+    try:
+        return reproduce(args.run_id, args.tracking_uri)
+    except UserError as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return error.exit_code
+
+
+def ui_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from study.errors import UserError
+    from study.server import DEFAULT_EXPERIMENT, serve_ui
+    from study.tracking import Store, redact
+
+    parser = argparse.ArgumentParser(description="Open the MLflow UI on the project's store.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to open")
+    args = parser.parse_args(argv)
+    try:
+        return serve_ui(
+            Store.from_config(args.tracking_uri), args.host, args.port, args.experiment
+        )
+    except UserError as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return error.exit_code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,9 @@ from study.errors import UserError
 # A new or migrated store announces its schema upgrade at INFO level on every first use.
 for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
+
+# Artifact downloads draw a progress bar per file: noise in logs and captured output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training.

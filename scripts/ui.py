@@ -1,0 +1,8 @@
+"""Open the MLflow UI on the project's store: python scripts/ui.py [--port 5000] [--host ...]"""
+
+import sys
+
+from study.commands import ui_main
+
+if __name__ == "__main__":
+    sys.exit(ui_main())

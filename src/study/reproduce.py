@@ -1,0 +1,105 @@
+"""Rebuild a run from what its MLflow run logged, train it again, and compare the numbers."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from study.errors import UserError
+from study.experiment import CONFIG_ARTIFACT, run_one
+from study.tracking import Store, redact
+
+REPRODUCED_FROM_TAG = "study.reproduced_from"
+CURVES = ("train/loss", "val/loss")  # compared epoch by epoch, not only at the end
+
+
+def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictConfig, str]:
+    """The run's logged config and its experiment's name; UserError if either is missing."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error).lower():
+            raise UserError(
+                f"no run {run_id!r} in {redact(store.uri)}: check the id, or pass "
+                "--tracking-uri for the store that holds it"
+            ) from error
+        raise UserError(
+            f"{redact(store.uri)} cannot be reached: {redact(str(error).splitlines()[0])}"
+        ) from error
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, CONFIG_ARTIFACT, folder)
+        except (MlflowException, OSError) as error:
+            raise UserError(
+                f"run {run_id} has no logged {CONFIG_ARTIFACT}: it was not "
+                "recorded by study, so it cannot be rebuilt"
+            ) from error
+        cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    experiment = client.get_experiment(run.info.experiment_id)
+    cfg.tracking.experiment = experiment.name
+    threads = run.data.tags.get("torch.threads")
+    if threads:
+        # Float sums split across a different number of threads round differently.
+        torch.set_num_threads(int(threads))
+    return cfg, run.data.tags.get("mlflow.runName", run_id)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def compare(client: MlflowClient, original_id: str, reproduced_id: str) -> tuple[str, bool]:
+    """A side-by-side table of the final metrics and whole curves, and whether all match."""
+    original = client.get_run(original_id).data.metrics
+    reproduced = client.get_run(reproduced_id).data.metrics
+    names = sorted(set(original) & set(reproduced))
+    rows = [f"{'metric':<22}{'original':>14}{'reproduced':>14}  same"]
+    identical = bool(names)
+    for name in names:
+        a, b = original[name], reproduced[name]
+        same = _same(a, b)
+        if name in CURVES:
+            first = [m.value for m in client.get_metric_history(original_id, name)]
+            second = [m.value for m in client.get_metric_history(reproduced_id, name)]
+            same &= len(first) == len(second) and all(map(_same, first, second))
+            name = f"{name} ({len(first)} ep)"
+        identical &= same
+        rows.append(f"{name:<22}{a:>14.6g}{b:>14.6g}  {'yes' if same else 'NO'}")
+    return "\n".join(rows), identical
+
+
+def reproduce(run_id: str, tracking_uri: str | None = None, output_dir: Path | None = None) -> int:
+    store = Store.from_config(tracking_uri)
+    if (
+        store.artifact_root is not None
+        and not Path(store.uri.removeprefix("sqlite:///")).is_file()
+    ):
+        raise UserError(
+            f"no MLflow store at {store.uri}: pass --tracking-uri for the store that holds the run"
+        )
+    client = store.client()
+    cfg, name = fetch_config(client, run_id, store)
+    cfg.tracking.uri = tracking_uri
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    output_dir = output_dir or Path("outputs") / "reproduce" / f"{run_id}_{stamp}"
+    outcome = run_one(
+        cfg,
+        output_dir,
+        [],
+        run_name=f"reproduce {name}",
+        tags={REPRODUCED_FROM_TAG: run_id},
+        store=store,
+    )
+    table, identical = compare(client, run_id, outcome.run_id)
+    print(f"original {run_id} vs reproduction {outcome.run_id}:")
+    print(table)
+    print("identical" if identical else "DIFFERENT: see the rows marked NO")
+    return 0 if identical else 1
