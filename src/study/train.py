@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from study.curves import best_row
 from study.data import REGRESSION, Splits, TabularData
+from study.diagnosis import Diagnosis, Thresholds, diagnose_history
 from study.tasks import MLPTask
 
 # Lightning's advice about worker processes and small batch counts does not apply to batches
@@ -40,6 +41,8 @@ class FitResult:
     data_fingerprint: str
     stopped_early: bool
     extra: dict[str, float] = field(default_factory=dict)
+    baseline_loss: float = math.nan  # training loss of the best constant predictor
+    diagnosis: Diagnosis | None = None  # underfit / good / overfit / diverged, from the curves
 
     @property
     def best(self) -> dict[str, float]:
@@ -65,6 +68,8 @@ class FitResult:
             "stopped_epoch": self.stopped_epoch,
             **self.test_metrics,
             **self.extra,
+            "baseline_loss": self.baseline_loss,
+            **(self.diagnosis.metrics() if self.diagnosis else {}),
         }
 
 
@@ -151,6 +156,7 @@ def fit(
         state = torch.load(best_path, map_location=device, weights_only=True)["state_dict"]
         model.load_state_dict(state)
     trainer.test(model, data.eval_batches(splits.test), verbose=False)
+    baseline = baseline_loss(splits)
     return FitResult(
         history=model.history,
         test_metrics=model.test_metrics,
@@ -158,7 +164,21 @@ def fit(
         device=_device_name(device),
         data_fingerprint=splits.fingerprint,
         stopped_early=trainer.should_stop,
+        baseline_loss=baseline,
+        diagnosis=diagnose_history(
+            model.history, Thresholds.from_config(cfg.get("diagnosis")), baseline
+        ),
     )
+
+
+def baseline_loss(splits: Splits) -> float:
+    """The training loss of the best constant predictor: the unit of the fit diagnosis."""
+    target = splits.train.y
+    if splits.task == REGRESSION:
+        return float(((target - target.mean()) ** 2).mean())  # predict the mean
+    frequencies = torch.bincount(target).float() / len(target)  # predict the class frequencies
+    frequencies = frequencies[frequencies > 0]
+    return float(-(frequencies * frequencies.log()).sum())
 
 
 def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from study.diagnosis import Thresholds
 from study.errors import UserError
 from study.nets import ACTIVATIONS
 
@@ -115,6 +116,7 @@ def _validate(cfg: DictConfig) -> None:
                 "trainer.early_stopping.min_delta", cfg.trainer.early_stopping.min_delta, ">= 0"
             )
     _positive(cfg, "tracking.flush_every_s")
+    Thresholds.from_config(cfg.get("diagnosis"))
 
 
 def _plain(value: Any) -> Any:
