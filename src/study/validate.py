@@ -64,6 +64,8 @@ def validate(cfg: DictConfig) -> None:
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     missing = []
     for key in map(str, cfg):
+        if not prefix and key == "hydra":
+            continue  # Hydra's own node: job-time values are filled in per job
         if OmegaConf.is_missing(cfg, key):
             missing.append(f"{prefix}{key}")
         elif isinstance(cfg[key], DictConfig):

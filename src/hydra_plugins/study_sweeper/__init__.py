@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin that runs `-m sweep` as an Optuna study (see study.sweep)."""

@@ -1,0 +1,35 @@
+"""A thin Hydra Sweeper: Hydra composes the config, study.sweep runs the study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+
+class StudySweeper(Sweeper):
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from study.sweep import run_sweep
+
+        assert self.config is not None
+        hydra_cfg = self.config.hydra
+        HydraConfig.instance().set_config(self.config)
+        main_source = next(s for s in hydra_cfg.runtime.config_sources if s.provider == "main")
+        conf_dir = str(main_source.path).removeprefix("file://")
+        choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
+        assert isinstance(choices, dict)
+        run_sweep(self.config, arguments, conf_dir, hydra_cfg.job.config_name,
+                  Path(hydra_cfg.sweep.dir), choices)
+        return []

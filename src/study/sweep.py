@@ -1,0 +1,274 @@
+"""The study: check everything, open the Optuna study and its MLflow parent run, run workers,
+and summarize. Called by the Hydra sweeper for `python scripts/run.py -m sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from study.compose import compose_config
+from study.errors import UserError
+from study.search import (
+    FINISHED,
+    PARENT_RUN_ATTR,
+    PRUNERS,
+    SAMPLERS,
+    Param,
+    best_trial,
+    default_storage,
+    extreme_overrides,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    parse_space,
+)
+from study.study_report import finish_parent_run
+from study.tracking import EXPERIMENT_KIND_TAG, Store, redact, runs_url
+from study.validate import validate
+from study.workers import Scheduler, Slot, Tally, device_slots
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep needs, checked before anything is written."""
+
+    study_name: str
+    n_trials: int
+    storage_url: str
+    sampler: str
+    pruner: str
+    seed: int
+    direction: str
+    metric: str
+    max_failures: int
+    slots: list[Slot]
+    params: list[Param]
+    overrides: list[str]
+    config_name: str
+    conf_dir: str
+    sweep_dir: Path
+    max_epochs: int
+
+
+def _positive_int(settings: DictConfig, key: str) -> int:
+    value = settings.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"sweep.{key}={value!r} is out of range: must be an integer >= 1")
+    return value
+
+
+def plan_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_name: str,
+               sweep_dir: Path, group_choices: dict[str, Any]) -> SweepPlan:
+    """Check the sweep settings, the search space and every range end; UserError if unusable."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    sweeping = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeping:
+        raise UserError(f"{sweeping[0]!r} is a Hydra sweep: with the study sweeper put ranges in "
+                        "search.* (or use hydra/sweeper=basic for a grid)")
+    settings = cfg.sweep
+    if settings.sampler not in SAMPLERS:
+        raise UserError(f"sweep.sampler={settings.sampler!r} is unknown: use one of "
+                        f"{', '.join(SAMPLERS)}")
+    if str(settings.pruner) not in PRUNERS:
+        raise UserError(f"sweep.pruner={settings.pruner!r} is unknown: use one of "
+                        f"{', '.join(PRUNERS)}")
+    if settings.direction not in ("minimize", "maximize"):
+        raise UserError(f"sweep.direction={settings.direction!r}: use minimize or maximize")
+    n_trials = _positive_int(settings, "n_trials")
+    max_failures = _positive_int(settings, "max_failures")
+    slots = device_slots(settings.workers, settings.trials_per_gpu, settings.devices)
+    validate(cfg)
+    params = parse_space(OmegaConf.to_container(cfg.search), cfg, group_choices)  # type: ignore[arg-type]
+    for ends in extreme_overrides(params):
+        try:
+            validate(compose_config(conf_dir, config_name, [*overrides, *ends]))
+        except UserError as error:
+            raise UserError(f"search: the range end {' '.join(ends)} is unusable: {error}") from error
+        except Exception as error:
+            first = str(error).splitlines()[0]
+            raise UserError(f"search: {' '.join(ends)} does not compose: {first}") from error
+    return SweepPlan(
+        study_name=str(settings.study_name),
+        n_trials=n_trials,
+        storage_url=str(settings.storage or default_storage(settings.study_name)),
+        sampler=str(settings.sampler),
+        pruner=str(settings.pruner),
+        seed=int(settings.seed),
+        direction=str(settings.direction),
+        metric=str(settings.metric),
+        max_failures=max_failures,
+        slots=slots,
+        params=params,
+        overrides=list(overrides),
+        config_name=config_name,
+        conf_dir=conf_dir,
+        sweep_dir=sweep_dir,
+        max_epochs=int(cfg.trainer.max_epochs),
+    )
+
+
+def open_study(plan: SweepPlan) -> optuna.Study:
+    storage = make_storage(plan.storage_url)
+    study = optuna.create_study(
+        study_name=plan.study_name, storage=storage, direction=plan.direction,
+        load_if_exists=True, sampler=make_sampler(plan.sampler, plan.seed),
+        pruner=make_pruner(plan.pruner, plan.max_epochs),
+    )
+    if study.direction.name.lower() != plan.direction:
+        raise UserError(f"study {plan.study_name!r} exists with direction "
+                        f"{study.direction.name.lower()}: use another sweep.study_name")
+    return study
+
+
+def open_parent_run(study: optuna.Study, store: Store, client: MlflowClient, plan: SweepPlan,
+                    cfg: DictConfig) -> tuple[str, str]:
+    """The study's MLflow parent run: created once, reopened when the study resumes."""
+    experiment_id = store.experiment_id(client, plan.study_name)
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return experiment_id, run_id
+    tags = {"study": plan.study_name, "sweep.storage": redact(plan.storage_url),
+            "mlflow.note.content": f"Optuna study {plan.study_name}: one child run per trial",
+            **EXPERIMENT_KIND_TAG}
+    run = client.create_run(experiment_id, run_name=f"study {plan.study_name}", tags=tags)
+    params = {f"sweep.{k}": redact(str(v)) for k, v in cfg.sweep.items()}
+    params.update({f"search.{p.path}": json.dumps(p.distribution._asdict()) for p in plan.params})
+    from mlflow.entities import Param as MlflowParam
+
+    client.log_batch(run.info.run_id, params=[MlflowParam(k, v[:6000]) for k, v in params.items()])
+    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    return experiment_id, run.info.run_id
+
+
+def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> int:
+    """Fail trials a dead sweep left RUNNING (journal storage: no heartbeat does it for us)."""
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        return 0  # heartbeats and the other hosts' sweeps handle these
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            client.set_terminated(run_id, "KILLED")
+    return len(stale)
+
+
+def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) -> Path:
+    spec = {
+        "study_name": plan.study_name, "storage": plan.storage_url, "sampler": plan.sampler,
+        "pruner": plan.pruner, "seed": plan.seed, "direction": plan.direction,
+        "metric": plan.metric, "max_epochs": plan.max_epochs, "overrides": plan.overrides,
+        "config_name": plan.config_name, "conf_dir": plan.conf_dir,
+        "sweep_dir": str(plan.sweep_dir), "parent_run_id": parent_run_id,
+        "tracking_uri": tracking_uri, "device_label": "",
+        "params": [
+            {"path": p.path, "is_group": p.is_group,
+             "distribution": optuna.distributions.distribution_to_json(p.distribution)}
+            for p in plan.params
+        ],
+    }
+    plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = plan.sweep_dir / ".worker_spec.json"
+    path.write_text(json.dumps(spec))
+    path.chmod(0o600)  # it may hold a storage URL with a password
+    return path
+
+
+class ProgressLine:
+    """One line for the whole study: finished/total, pruned, failed, best so far, time."""
+
+    def __init__(self, plan: SweepPlan, tally: Tally) -> None:
+        self.plan = plan
+        self.start = time.monotonic()
+        self.already = tally.finished
+        self.tty = sys.stdout.isatty()
+
+    def render(self, tally: Tally) -> str:
+        elapsed = time.monotonic() - self.start
+        done_here = tally.finished - self.already
+        left = self.plan.n_trials - tally.finished
+        eta = f"{_clock(elapsed / done_here * left)}" if done_here else "?"
+        best = f"{tally.best_value:.4g} (trial {tally.best_number})" if tally.best_value is not None else "-"
+        return (f"[{self.plan.study_name}] {tally.finished}/{self.plan.n_trials} finished, "
+                f"{tally.pruned} pruned, {tally.failed} failed | best {best} | "
+                f"{_clock(elapsed)} elapsed, ETA {eta}")
+
+    def update(self, tally: Tally, event: dict[str, Any]) -> None:
+        if event["event"] != "finished":
+            return
+        if self.tty:
+            print(f"\r{self.render(tally)}\033[K", end="", flush=True)
+        else:
+            print(self.render(tally), flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+
+
+def starting_tally(study: optuna.Study, n_trials: int) -> Tally:
+    trials = study.get_trials(deepcopy=False)
+    tally = Tally(n_trials=n_trials)
+    tally.finished = sum(t.state in FINISHED for t in trials)
+    tally.pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    best = best_trial(study)
+    if best is not None:
+        tally.best_value, tally.best_number = best.value, best.number
+    return tally
+
+
+def run_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_name: str,
+              sweep_dir: Path, group_choices: dict[str, Any]) -> Tally:
+    plan = plan_sweep(cfg, overrides, conf_dir, config_name, sweep_dir, group_choices)
+    store = Store.from_config(cfg.tracking.uri)
+    client = store.client()
+    study = open_study(plan)
+    experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
+    status = "FAILED"
+    try:
+        stale = fail_stale_trials(study, client)
+        tally = starting_tally(study, plan.n_trials)
+        maximize = plan.direction == "maximize"
+        progress = ProgressLine(plan, tally)
+        print(f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
+              f"{f', {stale} stale trials failed' if stale else ''}; {len(plan.slots)} workers on "
+              f"{', '.join(sorted({s.label for s in plan.slots}))}; storage "
+              f"{redact(plan.storage_url)}", flush=True)
+        scheduler = Scheduler(
+            plan.slots, write_spec(plan, parent_run_id, cfg.tracking.uri), plan.sweep_dir,
+            tally, plan.max_failures, (lambda a, b: a > b) if maximize else (lambda a, b: a < b),
+            progress.update,
+        )
+        if tally.finished < plan.n_trials:
+            scheduler.run()
+        progress.close()
+        summary = finish_parent_run(client, parent_run_id, study, plan.sweep_dir)
+        print(summary)
+        print(f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
+              "(after python scripts/ui.py)")
+        if scheduler.stop_reason is not None:
+            raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
+        status = "FINISHED"
+        return tally
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent_run_id, status)

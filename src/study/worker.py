@@ -1,0 +1,165 @@
+"""A sweep worker process: `python -m study.worker SPEC INDEX EVENTS_FD`.
+
+Loads the study once, then runs one trial per "trial" line on stdin until "stop" or EOF,
+reporting each trial to the parent as a JSON line on EVENTS_FD. Imports (torch, Lightning,
+MLflow: ~5 s) are paid once per worker, not once per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import optuna
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from study.compose import compose_config
+from study.errors import UserError
+from study.experiment import run_one
+from study.search import Param, make_pruner, make_sampler, make_storage
+from study.tracking import Store, redact, set_tags
+
+class TrialReporter(pl.Callback):
+    """Reports the best value so far each epoch so the pruner can stop a hopeless trial.
+
+    A pruned or diverged trial stops like an early-stopped one (`should_stop`), so its run is
+    closed normally with its whole curve logged; the objective then tells Optuna it was pruned.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.maximize = maximize
+        self.best: float | None = None
+        self.stop_reason: str | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = pl_module.history[-1]
+        value = row.get(self.metric, math.nan)
+        if not math.isfinite(row["train/loss"]) or not math.isfinite(value):
+            self.stop_reason = "diverged"
+            trainer.should_stop = True
+            return
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
+            self.best = value
+        self.trial.report(self.best, step=int(row["epoch"]))
+        if self.trial.should_prune():
+            self.stop_reason = "pruned"
+            trainer.should_stop = True
+
+
+class TrialRunner:
+    def __init__(self, spec: dict[str, Any], index: int, events: IO[str]) -> None:
+        self.spec = spec
+        self.index = index
+        self.events = events
+        self.params = [
+            Param(p["path"], optuna.distributions.json_to_distribution(p["distribution"]),
+                  p["is_group"])
+            for p in spec["params"]
+        ]
+        self.store = Store.from_config(spec["tracking_uri"])
+        self.client = self.store.client()
+        self.current: int | None = None
+
+    def emit(self, **event: Any) -> None:
+        self.events.write(json.dumps(event) + "\n")
+        self.events.flush()
+
+    def compose_trial(self, sampled: list[str]) -> DictConfig:
+        cfg = compose_config(self.spec["conf_dir"], self.spec["config_name"],
+                             [*self.spec["overrides"], *sampled])
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        assert isinstance(plain, dict)
+        for section in ("sweep", "search", "hydra"):
+            plain.pop(section, None)
+        trial_cfg = OmegaConf.create(plain)
+        trial_cfg.tracking.experiment = self.spec["study_name"]
+        return trial_cfg
+
+    def objective(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
+        self.emit(event="started", number=trial.number)
+        sampled = [param.suggest(trial) for param in self.params]
+        overrides = [*self.spec["overrides"], *sampled]
+        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("device", self.spec["device_label"])
+        output_dir = Path(self.spec["sweep_dir"]) / f"trial_{trial.number}"
+        trial.set_user_attr("output_dir", str(output_dir))
+        maximize = self.spec["direction"] == "maximize"
+        reporter = TrialReporter(trial, self.spec["metric"], maximize)
+        tags = {
+            "study": self.spec["study_name"],
+            "trial_number": str(trial.number),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "worker": str(self.index),
+        }
+        cfg = self.compose_trial(sampled)
+        outcome = run_one(
+            cfg, output_dir, overrides, run_name=f"trial {trial.number}",
+            parent_run_id=self.spec["parent_run_id"], tags=tags, callbacks=[reporter],
+            store=self.store,
+        )
+        trial.set_user_attr("mlflow_run_id", outcome.run_id)
+        trial.set_user_attr("device", outcome.result.device)
+        trial.set_user_attr("epochs", outcome.result.stopped_epoch)
+        if reporter.stop_reason is not None:
+            set_tags(self.client, outcome.run_id,
+                     {"trial_state": "PRUNED", "reason": reporter.stop_reason})
+            raise optuna.TrialPruned(reporter.stop_reason)
+        set_tags(self.client, outcome.run_id, {"trial_state": "COMPLETE"})
+        if reporter.best is None:
+            raise RuntimeError(f"metric {self.spec['metric']!r} was never logged")
+        return reporter.best
+
+    def report(self, study: optuna.Study) -> None:
+        """Tell the parent how the trial this worker just ran ended."""
+        if self.current is None:
+            return
+        trial = study.get_trials(deepcopy=False)[self.current]
+        self.emit(event="finished", number=trial.number, state=trial.state.name,
+                  value=trial.value, run_id=trial.user_attrs.get("mlflow_run_id"),
+                  device=trial.user_attrs.get("device"), epochs=trial.user_attrs.get("epochs"))
+        self.current = None
+
+
+def main(argv: list[str]) -> int:
+    spec_path, index, events_fd = Path(argv[0]), int(argv[1]), int(argv[2])
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(int(os.environ.get("STUDY_WORKER_THREADS", "1")))
+    # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with os.fdopen(events_fd, "w", buffering=1) as events:
+        runner = TrialRunner(spec, index, events)
+        study = optuna.load_study(
+            study_name=spec["study_name"],
+            storage=make_storage(spec["storage"]),
+            sampler=make_sampler(spec["sampler"], spec["seed"] + index),
+            pruner=make_pruner(spec["pruner"], spec["max_epochs"]),
+        )
+        runner.emit(event="ready")
+        for line in sys.stdin:
+            if line.strip() != "trial":
+                break
+            # optimize() rather than ask/tell: it runs heartbeats on RDB storages and records
+            # a failing trial as FAIL with its reason instead of ending the worker.
+            study.optimize(runner.objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            runner.report(study)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,245 @@
+"""Device slots and long-lived worker processes, handed trials one at a time by the parent.
+
+Each worker is pinned to its device through CUDA_VISIBLE_DEVICES before it imports torch, and
+asks for its next trial as soon as its last one ends: no batch barrier. The parent grants a
+trial only while finished + running trials < n_trials, so the study ends with exactly n_trials
+finished trials however many workers race for the last ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from study.errors import UserError
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: a CUDA device id (as CUDA_VISIBLE_DEVICES sees it) or the CPU."""
+
+    index: int
+    device: str | None
+
+    @property
+    def label(self) -> str:
+        return f"cuda {self.device}" if self.device is not None else "cpu"
+
+
+def visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def device_slots(
+    workers: int | str, trials_per_gpu: int, devices: Sequence[Any] | None = None
+) -> list[Slot]:
+    """Slots for `workers` (a number, or auto: GPUs x trials_per_gpu, else one per core)."""
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UserError(f"sweep.workers={workers!r} is not allowed: use auto or a number >= 1")
+    if isinstance(workers, int) and workers < 1:
+        raise UserError(f"sweep.workers={workers} is out of range: use auto or a number >= 1")
+    if isinstance(trials_per_gpu, bool) or not isinstance(trials_per_gpu, int) or trials_per_gpu < 1:
+        raise UserError(f"sweep.trials_per_gpu={trials_per_gpu!r} is out of range: must be >= 1")
+    gpus = [str(device) for device in devices] if devices is not None else visible_gpus()
+    if gpus:
+        per_gpu = [gpu for _ in range(trials_per_gpu) for gpu in gpus]  # spread before sharing
+        count = len(per_gpu) if workers == "auto" else int(workers)
+        return [Slot(index, per_gpu[index % len(per_gpu)]) for index in range(count)]
+    count = (os.cpu_count() or 1) if workers == "auto" else int(workers)
+    return [Slot(index, None) for index in range(count)]
+
+
+def threads_per_worker(n_workers: int) -> int:
+    """Torch threads per worker so that all workers together use each core once."""
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+@dataclass
+class Worker:
+    slot: Slot
+    process: subprocess.Popen[bytes]
+    events: IO[str]
+    log_path: Path
+    trial: int | None = None  # the trial number it is running, once it said so
+    granted: bool = False  # a trial was granted and has not finished yet
+    done: bool = False
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(f"{command}\n".encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died; the supervisor notices through its exit code
+
+
+def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "STUDY_WORKER_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    if slot.device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.device
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"worker_{slot.index}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "study.worker", str(spec_path), str(slot.index), str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
+        )
+    os.close(write_fd)
+    return Worker(slot, process, os.fdopen(read_fd, "r", buffering=1), log_path)
+
+
+@dataclass
+class Tally:
+    """What the parent has seen of the study so far (including earlier resumed sessions)."""
+
+    n_trials: int
+    finished: int = 0
+    pruned: int = 0
+    failed: int = 0
+    started_here: int = 0
+    best_value: float | None = None
+    best_number: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Scheduler:
+    """Runs workers, hands out trials, and collects their results until the study is done."""
+
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        spec_path: Path,
+        log_dir: Path,
+        tally: Tally,
+        max_failures: int,
+        better: Callable[[float, float], bool],
+        on_event: Callable[[Tally, dict[str, Any]], None] = lambda tally, event: None,
+    ) -> None:
+        self.slots = slots
+        self.spec_path = spec_path
+        self.log_dir = log_dir
+        self.tally = tally
+        self.max_failures = max_failures
+        self.better = better
+        self.on_event = on_event
+        self.threads = threads_per_worker(len(slots))
+        self.selector = selectors.DefaultSelector()
+        self.workers: list[Worker] = []
+        self.stop_reason: str | None = None
+
+    def _granted(self) -> int:
+        return sum(worker.granted for worker in self.workers)
+
+    def _may_start_trial(self) -> bool:
+        if self.tally.failed >= self.max_failures:
+            self.stop_reason = (
+                f"{self.tally.failed} trials failed (sweep.max_failures={self.max_failures}): "
+                f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
+            )
+            return False
+        return self.tally.finished + self._granted() < self.tally.n_trials
+
+    def _next(self, worker: Worker) -> None:
+        if self._may_start_trial():
+            worker.granted = True
+            worker.send("trial")
+        else:
+            worker.send("stop")
+
+    def _handle(self, worker: Worker, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "ready":
+            self._next(worker)
+        elif kind == "started":
+            worker.trial = event["number"]
+            self.tally.started_here += 1
+        elif kind == "finished":
+            worker.granted, worker.trial = False, None
+            state = event["state"]
+            if state in ("COMPLETE", "PRUNED"):
+                self.tally.finished += 1
+                self.tally.pruned += state == "PRUNED"
+            else:
+                self.tally.failed += 1
+            value = event.get("value")
+            if state == "COMPLETE" and value is not None and (
+                self.tally.best_value is None or self.better(value, self.tally.best_value)
+            ):
+                self.tally.best_value, self.tally.best_number = value, event["number"]
+            self.tally.history.append(event)
+            self._next(worker)
+        self.on_event(self.tally, event)
+
+    def run(self) -> Tally:
+        try:
+            for slot in self.slots:
+                worker = start_worker(slot, self.spec_path, self.log_dir, self.threads)
+                self.workers.append(worker)
+                self.selector.register(worker.events, selectors.EVENT_READ, worker)
+            while any(not worker.done for worker in self.workers):
+                for key, _ in self.selector.select(timeout=1.0):
+                    worker = key.data
+                    line = worker.events.readline()
+                    if not line:  # the worker closed its end: it exited
+                        self._retire(worker)
+                        continue
+                    self._handle(worker, json.loads(line))
+                for worker in self.workers:
+                    if not worker.done and worker.process.poll() is not None:
+                        self._retire(worker)
+        finally:
+            self.shutdown()
+        return self.tally
+
+    def _retire(self, worker: Worker) -> None:
+        if worker.done:
+            return
+        worker.done = True
+        self.selector.unregister(worker.events)
+        worker.events.close()
+        code = worker.process.wait()
+        if code != 0 and self.stop_reason is None:
+            self.stop_reason = f"worker {worker.slot.index} exited with code {code}: see {worker.log_path}"
+
+    def shutdown(self, timeout_s: float = 10) -> None:
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.send("stop")
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            if not worker.done:
+                worker.done = True
+                with _suppress():
+                    self.selector.unregister(worker.events)
+                    worker.events.close()
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
