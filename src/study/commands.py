@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,10 +15,17 @@ def train_job(cfg: DictConfig) -> float:
     """One tracked training run (Hydra's task function); returns its best validation loss."""
     from hydra.core.hydra_config import HydraConfig
 
+    from study.compare import PARENT_RUN_ENV
     from study.experiment import run_one
 
     hydra_cfg = HydraConfig.get()
-    outcome = run_one(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    outcome = run_one(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        list(hydra_cfg.overrides.task),
+        run_name=cfg.tracking.get("run_name"),
+        parent_run_id=os.environ.get(PARENT_RUN_ENV),  # set by `-m compare`
+    )
     result = outcome.result
     print(
         f"run {outcome.run_id} on {result.device}: best epoch {result.best_epoch} of "
@@ -27,6 +35,7 @@ def train_job(cfg: DictConfig) -> float:
         "  test: "
         + ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in result.test_metrics.items())
     )
+    print(f"  fit: {result.diagnosis.verdict} ({result.diagnosis.reason})")
     print(f"  reproduce: python scripts/reproduce.py {outcome.run_id}")
     return result.best_val_loss
 

@@ -117,13 +117,19 @@ def run_one(
         metrics_logger = MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s))
         result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
         log_metrics(client, run_id, result.summary())
+        fit_tags = {"fit": result.diagnosis.verdict, "fit.reason": result.diagnosis.reason}
         set_tags(
-            client, run_id, {"data.fingerprint": result.data_fingerprint, "device": result.device}
+            client,
+            run_id,
+            {"data.fingerprint": result.data_fingerprint, "device": result.device, **fit_tags},
         )
         curves = plot_curves(
             result.history,
             output_dir / "curves.png",
             title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
+            verdict=fit_tags["fit"],
+            note=fit_tags["fit.reason"],
+            baseline=result.baseline_loss,
         )
         for path in [*config_files, curves]:
             client.log_artifact(run_id, str(path))

@@ -40,9 +40,9 @@ class FitResult:
     device: str
     data_fingerprint: str
     stopped_early: bool
+    baseline_loss: float  # training loss of the best constant predictor
+    diagnosis: Diagnosis  # underfit / good / overfit / diverged, from the curves
     extra: dict[str, float] = field(default_factory=dict)
-    baseline_loss: float = math.nan  # training loss of the best constant predictor
-    diagnosis: Diagnosis | None = None  # underfit / good / overfit / diverged, from the curves
 
     @property
     def best(self) -> dict[str, float]:
@@ -69,7 +69,7 @@ class FitResult:
             **self.test_metrics,
             **self.extra,
             "baseline_loss": self.baseline_loss,
-            **(self.diagnosis.metrics() if self.diagnosis else {}),
+            **self.diagnosis.metrics(),
         }
 
 

@@ -1,0 +1,8 @@
+"""Compare MLflow runs side by side: python scripts/compare.py RUN_ID RUN_ID ... [--output F]"""
+
+import sys
+
+from study.compare import main
+
+if __name__ == "__main__":
+    sys.exit(main())

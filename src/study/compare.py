@@ -1,0 +1,224 @@
+"""Runs side by side: curves on shared axes, each judged from its curves, and a summary table.
+
+Two ways in: `python scripts/run.py -m compare` (CompareCallback nests the preset runs under one
+parent run and compares them at the end) and `python scripts/compare.py RUN_ID ...` (main) for
+runs already in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from study.curves import Panel, plot_comparison
+from study.diagnosis import Diagnosis, Thresholds, diagnose_history
+from study.errors import UserError
+from study.tracking import Store, redact
+
+# How a `-m compare` multirun tells its jobs (study.commands.train_job) the parent run: the
+# environment also reaches jobs that a launcher starts in other processes.
+PARENT_RUN_ENV = "STUDY_PARENT_RUN_ID"
+FIGURE = "compare.png"
+TABLE = "compare.txt"
+CURVES = ("train/loss", "val/loss")
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    run_id: str
+    name: str
+    history: list[dict[str, float]]
+    diagnosis: Diagnosis
+    baseline: float | None
+
+
+def load_run(client: MlflowClient, run_id: str, store_uri: str) -> ComparedRun:
+    """A run's curves from MLflow, judged with the thresholds and baseline it logged."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise UserError(
+            f"no run {run_id!r} in {redact(store_uri)}: check the id, or pass --tracking-uri "
+            "for the store that holds it"
+        ) from error
+    name = run.data.tags.get("mlflow.runName") or run_id
+    curves = {
+        key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVES
+    }
+    epochs = sorted(set(curves["train/loss"]) & set(curves["val/loss"]))
+    if not epochs:
+        raise UserError(
+            f"run {run_id} ({name}) has no train/loss and val/loss curves: pick runs that "
+            "trained at least one epoch"
+        )
+    history = [
+        {"epoch": float(epoch), **{key: curves[key][epoch] for key in CURVES}} for epoch in epochs
+    ]
+    params = run.data.params
+    known = {f.name for f in fields(Thresholds)}
+    # The run's own thresholds (logged as params with its config), else today's defaults.
+    logged = {
+        key: yaml.safe_load(params[f"diagnosis.{key}"])
+        for key in known
+        if f"diagnosis.{key}" in params
+    }
+    thresholds = Thresholds(**logged)
+    baseline = run.data.metrics.get("baseline_loss")
+    diagnosis = diagnose_history(history, thresholds, baseline)
+    return ComparedRun(run_id, name, history, diagnosis, baseline)
+
+
+def compare_runs(
+    client: MlflowClient, run_ids: Sequence[str], figure: Path, store_uri: str
+) -> list[ComparedRun]:
+    """Load and judge the runs, and draw them side by side into `figure`."""
+    unique = list(dict.fromkeys(run_ids))
+    if len(unique) < 2:
+        raise UserError(f"compare needs at least two different runs, got {len(unique)}")
+    runs = [load_run(client, run_id, store_uri) for run_id in unique]
+    plot_comparison(
+        [
+            Panel(run.name, run.history, run.diagnosis.verdict, baseline=run.baseline)
+            for run in runs
+        ],
+        figure,
+    )
+    return runs
+
+
+def table(runs: Sequence[ComparedRun]) -> str:
+    """One line per run: name, verdict, best epoch, best val loss, final gap, run id."""
+    width = max(len("run"), *(len(run.name) for run in runs))
+    lines = [
+        f"{'run':<{width}}  {'verdict':<9} {'best epoch':>10} {'best val/loss':>13} "
+        f"{'final gap':>10}  run id"
+    ]
+    for run in runs:
+        d = run.diagnosis
+        lines.append(
+            f"{run.name:<{width}}  {d.verdict:<9} {d.best_epoch:>10} "
+            f"{_number(d.best_val_loss):>13} {_number(d.gap_final):>10}  {run.run_id}"
+        )
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+class CompareCallback(Callback):
+    """Hydra callback of `-m compare`: one parent run for all jobs, compared at the end.
+
+    Jobs find the parent in the PARENT_RUN_ENV variable. If the multirun dies before its end
+    (a job raised, Ctrl-C), an exit hook still closes the parent as FAILED or KILLED.
+    """
+
+    def __init__(self) -> None:
+        self.client: MlflowClient | None = None
+        self.store_uri = ""
+        self.parent_run_id: str | None = None
+        self.sweep_dir = Path()
+        self.failed_jobs = 0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from study.experiment import resolved_config
+        from study.train import prepare_data
+        from study.validate import validate
+
+        cfg = OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"])
+        try:
+            validate(cfg)
+            cfg = resolved_config(cfg)
+            prepare_data(cfg)
+            store = Store.from_config(cfg.tracking.uri)
+            client = store.client()
+            experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+        except UserError:
+            return  # no parent for a command that cannot run: its jobs report the error
+        self.client, self.store_uri = client, store.uri
+        parent = self.client.create_run(experiment_id, run_name="compare")
+        self.parent_run_id = parent.info.run_id
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        atexit.register(self._close_unfinished)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.FAILED:
+            self.failed_jobs += 1
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(PARENT_RUN_ENV, None)
+        if self.client is None or self.parent_run_id is None:
+            return
+        atexit.unregister(self._close_unfinished)
+        client, parent = self.client, self.parent_run_id
+        children = client.search_runs(
+            [client.get_run(parent).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        figure = self.sweep_dir / FIGURE
+        try:
+            runs = compare_runs(client, [r.info.run_id for r in children], figure, self.store_uri)
+        except UserError as error:
+            client.set_tag(parent, "error", redact(str(error)))
+            client.set_terminated(parent, "FAILED")
+            print(f"error: {redact(str(error))}", file=sys.stderr)
+            # Hydra turns a callback's exceptions into warnings; SystemExit still ends the
+            # command with the exit code of bad input (e.g. a sweep left with one preset).
+            raise SystemExit(error.exit_code) from error
+        summary = table(runs)
+        client.log_artifact(parent, str(figure))
+        client.log_text(parent, summary + "\n", TABLE)
+        client.set_terminated(parent, "FINISHED")
+        print(f"\ncompare run {parent}: {figure}\n{summary}")
+
+    def _close_unfinished(self) -> None:
+        if self.client is not None and self.parent_run_id is not None:
+            status = "FAILED" if self.failed_jobs else "KILLED"
+            # At exit the store may be gone too; there is no one left to report that to.
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(self.parent_run_id, status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`scripts/compare.py RUN_ID RUN_ID ...`: the comparison figure and table of MLflow runs."""
+    parser = _Parser(description="Compare MLflow runs: curves side by side, verdicts, table.")
+    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
+    parser.add_argument("--tracking-uri", help="store holding the runs (default: the project's)")
+    parser.add_argument(
+        "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
+    )
+    try:
+        args = parser.parse_args(argv)
+        store = Store.from_config(args.tracking_uri)
+        database = Path(store.uri.removeprefix("sqlite:///"))
+        if store.uri.startswith("sqlite:///") and not database.is_file():
+            raise UserError(f"no MLflow store at {database}: pass --tracking-uri")
+        runs = compare_runs(store.client(), args.run_ids, args.output, store.uri)
+    except UserError as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        return error.exit_code
+    print(table(runs))
+    print(f"figure: {args.output}")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line and exit 2, like every bad input here
+        raise UserError(f"{message} (usage: python scripts/compare.py RUN_ID RUN_ID ...)")
