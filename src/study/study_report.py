@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from study.search import best_trial
 from study.tracking import log_metrics, redact, set_tags
 
+SWEEP_ONLY_KEYS = ("sweep.", "sweep=", "search", "hydra.", "hydra/")
 PLOTS = {
     "optimization_history": "plot_optimization_history",
     "param_importances": "plot_param_importances",
@@ -22,7 +23,10 @@ PLOTS = {
 
 def best_config_command(trial: optuna.trial.FrozenTrial) -> str:
     """The command line that reruns a trial as a single run."""
-    overrides = trial.user_attrs.get("overrides", [])
+    overrides = [
+        o for o in trial.user_attrs.get("overrides", [])
+        if not o.lstrip("+~").startswith(SWEEP_ONLY_KEYS)
+    ]
     quoted = [f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides]
     return "python scripts/run.py " + " ".join(redact(o) for o in quoted)
 
