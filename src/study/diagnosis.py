@@ -93,8 +93,9 @@ def diagnose(
     baselines at any epoch); overfit (val/loss ends `overfit_rise` above its minimum while
     train/loss fell below its value there); underfit (train/loss never below `underfit_level`
     baselines, or val/loss still falling `still_falling` baselines per epoch over the last
-    `window` epochs, train/loss too); else good. Without a baseline, the first epoch's
-    train/loss is the unit and the level rule is skipped.
+    `window` epochs, with train/loss falling and val/loss lowest in the window's second half);
+    else good. Without a baseline, the first epoch's train/loss is the unit and the level rule
+    is skipped.
     """
     if not train or len(train) != len(val):
         raise ValueError(f"need equally long, non-empty curves, got {len(train)} and {len(val)}")
@@ -140,13 +141,17 @@ def diagnose(
             UNDERFIT,
             f"train/loss never went below {lowest:.0%} of a constant predictor's loss",
         )
-    recent = slice(max(0, last + 1 - t.window), last + 1)
-    val_fall, train_fall = -_slope(val[recent]) / unit, -_slope(train[recent]) / unit
-    if val_fall >= t.still_falling and train_fall > 0:
+    start = max(0, last + 1 - t.window)
+    val_fall = -_slope(val[start:]) / unit
+    train_fall = -_slope(train[start:]) / unit
+    # Still falling means heading down at the very end: the minimum lies in the window's
+    # second half, so a dip followed by a climb inside the window does not count.
+    recent_best = best >= last - (last - start) // 2
+    if val_fall >= t.still_falling and train_fall > 0 and recent_best:
         return result(
             UNDERFIT,
-            f"val/loss still fell {val_fall:.1%} of the {_unit(known)} per epoch at the end: "
-            "train longer",
+            f"val/loss still fell {val_fall:.1%} of the {_unit(known)} per epoch over the "
+            f"last {last + 1 - start} epochs: train longer",
         )
     noisy = ", but train/loss rose too (noisy, not overfitting)" if rise >= t.overfit_rise else ""
     return result(

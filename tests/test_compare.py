@@ -1,0 +1,217 @@
+"""`run.py -m compare` end to end, `scripts/compare.py` on runs already in MLflow, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import all_runs, one_error_line
+from study.compare import main as compare_main
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# Every preset on a small class of students; the presets keep their own epochs and capacity.
+SMALL = ["data.n_samples=120", "trainer.progress_bar=false"]
+RunScript = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@dataclass
+class Compared:
+    result: subprocess.CompletedProcess[str]
+    client: MlflowClient
+    uri: str
+    folder: Path
+
+    @property
+    def parent(self):
+        [parent] = [r for r in all_runs(self.client) if "mlflow.parentRunId" not in r.data.tags]
+        return parent
+
+    @property
+    def children(self) -> list:
+        return [r for r in all_runs(self.client) if "mlflow.parentRunId" in r.data.tags]
+
+
+def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / f"{name}.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> Compared:
+    """One real `python scripts/run.py -m compare` in a temp folder with a private store."""
+    folder = tmp_path_factory.mktemp("compare")
+    uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    result = _script("run", "-m", "compare", f"tracking.uri={uri}", *SMALL, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return Compared(result, MlflowClient(tracking_uri=uri), uri, folder)
+
+
+@pytest.mark.slow
+def test_compare_nests_one_run_per_preset_under_a_finished_parent(compared: Compared) -> None:
+    parent = compared.parent
+    assert parent.info.run_name == "compare"
+    assert parent.info.status == "FINISHED"
+    children = compared.children
+    assert sorted(r.info.run_name for r in children) == ["balanced", "tiny", "wide"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_compare_verdicts_differ(compared: Compared) -> None:
+    verdicts = {r.info.run_name: r.data.tags["fit"] for r in compared.children}
+    assert verdicts == {"tiny": "underfit", "balanced": "good", "wide": "overfit"}
+
+
+@pytest.mark.slow
+def test_command_line_overrides_apply_to_every_run(compared: Compared) -> None:
+    assert {r.data.params["data.n_samples"] for r in compared.children} == {"120"}
+    sizes = {r.data.params["model.hidden_sizes"] for r in compared.children}
+    assert sizes == {"[2]", "[32, 32]", "[256, 256]"}
+
+
+@pytest.mark.slow
+def test_parent_holds_the_figure_and_the_table(compared: Compared, tmp_path: Path) -> None:
+    parent_id = compared.parent.info.run_id
+    assert {a.path for a in compared.client.list_artifacts(parent_id)} == {
+        "compare.png",
+        "compare.txt",
+    }
+    download = compared.client.download_artifacts
+    figure = Path(download(parent_id, "compare.png", str(tmp_path)))
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = Path(download(parent_id, "compare.txt", str(tmp_path))).read_text()
+    for child in compared.children:
+        assert child.info.run_id in table
+
+
+@pytest.mark.slow
+def test_compare_prints_a_table_of_run_verdict_best_epoch_loss_and_gap(
+    compared: Compared,
+) -> None:
+    lines = compared.result.stdout.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["run", "verdict"])
+    for column in ("verdict", "best epoch", "best val/loss", "final gap"):
+        assert column in header
+    for child in compared.children:
+        [row] = [line for line in lines[lines.index(header) :] if child.info.run_id in line]
+        assert row.split() == [
+            child.info.run_name,
+            child.data.tags["fit"],
+            str(int(child.data.metrics["best_epoch"])),
+            f"{child.data.metrics['best_val_loss']:.4f}",
+            f"{child.data.metrics['gap_final']:.4f}",
+            child.info.run_id,
+        ]
+
+
+@pytest.mark.slow
+def test_compare_script_compares_runs_already_in_mlflow(
+    compared: Compared, tmp_path: Path
+) -> None:
+    ids = [r.info.run_id for r in compared.children]
+    output = tmp_path / "figures" / "mine.png"
+    result = _script(
+        "compare", *ids, "--tracking-uri", compared.uri, "--output", str(output), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes()[:4] == b"\x89PNG"
+    # Judged again from the stored curves, the verdicts match the ones logged at training time.
+    for child in compared.children:
+        [row] = [line for line in result.stdout.splitlines() if child.info.run_id in line]
+        assert child.data.tags["fit"] in row.split()
+
+
+@pytest.mark.slow
+def test_compare_script_rejects_an_unknown_run_id(compared: Compared, tmp_path: Path) -> None:
+    known = compared.children[0].info.run_id
+    result = _script("compare", known, "0" * 32, "--tracking-uri", compared.uri, cwd=tmp_path)
+    assert "no run '00000000" in one_error_line(result)
+
+
+def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """compare.main in this process; the bad-input contract; its one line."""
+    code = compare_main(list(argv))
+    out, err = capsys.readouterr()
+    return one_error_line(subprocess.CompletedProcess(list(argv), code, out, err))
+
+
+def test_compare_needs_two_different_runs(
+    capsys: pytest.CaptureFixture[str], mlflow_client: MlflowClient, tracking_uri: str
+) -> None:
+    experiment = mlflow_client.create_experiment("e")
+    run_id = mlflow_client.create_run(experiment).info.run_id
+    line = _main(capsys, run_id, "--tracking-uri", tracking_uri)
+    assert "at least two different runs, got 1" in line
+    line = _main(capsys, run_id, run_id, "--tracking-uri", tracking_uri)
+    assert "at least two different runs, got 1" in line
+    assert "got 0" in _main(capsys, "--tracking-uri", tracking_uri)
+
+
+def test_compare_rejects_a_run_without_curves(
+    capsys: pytest.CaptureFixture[str],
+    mlflow_client: MlflowClient,
+    tracking_uri: str,
+    tmp_path: Path,
+) -> None:
+    experiment = mlflow_client.create_experiment("e")
+    ids = [mlflow_client.create_run(experiment).info.run_id for _ in range(2)]
+    mlflow_client.log_metric(ids[0], "train/loss", 0.5, step=1)  # half a curve is no curve
+    line = _main(capsys, *ids, "--tracking-uri", tracking_uri, "--output", str(tmp_path / "f.png"))
+    assert f"run {ids[0]}" in line and "no train/loss and val/loss curves" in line
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_compare_rejects_a_store_that_does_not_exist(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    line = _main(capsys, "a", "b", "--tracking-uri", f"sqlite:///{missing}")
+    assert "no MLflow store" in line
+    assert not missing.exists()
+
+
+def test_compare_rejects_an_unknown_option_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--colour" in _main(capsys, "a", "b", "--colour")
+
+
+@pytest.mark.slow
+def test_compare_with_one_preset_left_fails_in_one_line(
+    run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient
+) -> None:
+    result = run_script(
+        "run",
+        "-m",
+        "compare",
+        f"tracking.uri={tracking_uri}",
+        "hydra.sweeper.params.preset=wide",
+        "trainer.max_epochs=3",
+        *SMALL,
+    )
+    assert "at least two different runs, got 1" in one_error_line(result)
+    statuses = {r.info.run_name: r.info.status for r in all_runs(mlflow_client)}
+    assert statuses == {"compare": "FAILED", "wide": "FINISHED"}
+
+
+@pytest.mark.slow
+def test_compare_on_unusable_data_fails_before_any_run_exists(
+    run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient
+) -> None:
+    result = run_script(
+        "run", "-m", "compare", f"tracking.uri={tracking_uri}", "data=diabetes", *SMALL[1:]
+    )
+    assert "use model=regressor" in one_error_line(result)
+    assert all_runs(mlflow_client) == []
