@@ -105,14 +105,14 @@ def table(runs: Sequence[ComparedRun]) -> str:
     """One line per run: name, verdict, best epoch, best val loss, final gap, run id."""
     width = max(len("run"), *(len(run.name) for run in runs))
     lines = [
-        f"{'run':<{width}}  {'verdict':<9} {'best epoch':>10} {'best val/loss':>13} "
-        f"{'final gap':>10}  run id"
+        f"{'run':<{width}}  {'verdict':<8}  {'best epoch':>10}  {'best val/loss':>13}  "
+        f"{'final gap':>9}  run id"
     ]
     for run in runs:
         d = run.diagnosis
         lines.append(
-            f"{run.name:<{width}}  {d.verdict:<9} {d.best_epoch:>10} "
-            f"{_number(d.best_val_loss):>13} {_number(d.gap_final):>10}  {run.run_id}"
+            f"{run.name:<{width}}  {d.verdict:<8}  {d.best_epoch:>10}  "
+            f"{_number(d.best_val_loss):>13}  {_number(d.gap_final):>9}  {run.run_id}"
         )
     return "\n".join(lines)
 

@@ -130,4 +130,5 @@ def _shared_top(panels: Sequence[Panel]) -> float | None:
         for key in ("train/loss", "val/loss")
         if math.isfinite(row[key])
     ]
+    values += [p.baseline for p in panels if p.baseline is not None and math.isfinite(p.baseline)]
     return max(values) * 1.05 if values else None
