@@ -1,0 +1,165 @@
+"""fit(): tiny real training runs: curves, early stopping, best checkpoint, determinism."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from helpers import tiny
+from study.train import build_model, fit, prepare_data
+from study.validate import validate
+
+# A learning rate high enough that val/loss turns up within a few dozen epochs.
+STOPS_EARLY = tiny(
+    "trainer.max_epochs=60", "trainer.early_stopping.patience=2", "optimizer.lr=0.05"
+)
+
+MakeCfg = Callable[..., DictConfig]
+
+
+def _cfg(make_cfg: MakeCfg, *overrides: str) -> DictConfig:
+    cfg = make_cfg(*overrides)
+    validate(cfg)
+    return cfg
+
+
+def _load_best(cfg: DictConfig, checkpoint: Path | None):
+    """A fresh model with the checkpoint's weights, and the splits of the data cfg names."""
+    assert checkpoint is not None
+    splits = prepare_data(cfg).splits
+    model = build_model(cfg, splits)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    return model.eval(), splits
+
+
+def test_classifier_history_has_one_row_per_epoch_with_its_metrics(
+    make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    result = fit(_cfg(make_cfg, *tiny("trainer.max_epochs=5")), tmp_path)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, 5]
+    for row in result.history:
+        assert set(row) == {"epoch", "train/loss", "val/loss", "val/acc"}
+        assert 0 <= row["val/acc"] <= 1
+    assert set(result.test_metrics) == {"test/loss", "test/acc"}
+
+
+def test_regressor_history_has_one_row_per_epoch_with_its_metrics(
+    make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    result = fit(_cfg(make_cfg, *tiny("model=regressor", "trainer.max_epochs=5")), tmp_path)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, 5]
+    for row in result.history:
+        assert set(row) == {"epoch", "train/loss", "val/loss", "val/rmse", "val/mae", "val/r2"}
+    assert set(result.test_metrics) == {"test/loss", "test/rmse", "test/mae", "test/r2"}
+
+
+def test_sklearn_multiclass_data_trains_a_classifier(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    result = fit(
+        _cfg(make_cfg, "data=wine", "trainer.max_epochs=3", "trainer.progress_bar=false"),
+        tmp_path,
+    )
+    assert len(result.history) == 3
+    assert 0 <= result.test_metrics["test/acc"] <= 1
+
+
+def test_early_stopping_stops_patience_epochs_after_the_best(
+    make_cfg: MakeCfg, tmp_path: Path
+) -> None:
+    result = fit(_cfg(make_cfg, *STOPS_EARLY), tmp_path)
+    losses = [row["val/loss"] for row in result.history]
+    best_epoch = int(np.argmin(losses)) + 1
+    assert result.stopped_early
+    assert len(result.history) < 60
+    assert result.best_epoch == best_epoch
+    assert result.best_val_loss == min(losses)
+    assert result.stopped_epoch == len(result.history) == best_epoch + 2  # patience=2
+
+
+def test_early_stopping_can_be_switched_off(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    cfg = _cfg(make_cfg, *STOPS_EARLY, "trainer.max_epochs=20")
+    stopping = fit(cfg, tmp_path / "on")
+    cfg.trainer.early_stopping.enabled = False
+    running = fit(cfg, tmp_path / "off")
+    assert stopping.stopped_epoch < 20  # the same run would have stopped...
+    assert not running.stopped_early
+    assert [row["epoch"] for row in running.history] == list(range(1, 21))  # ...but runs on
+
+
+def test_best_checkpoint_is_kept_in_the_output_dir(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    result = fit(_cfg(make_cfg, *tiny()), tmp_path)
+    assert result.checkpoint == tmp_path / "checkpoints" / "best.ckpt"
+    assert result.checkpoint.is_file()
+
+
+def test_checkpoint_holds_the_weights_of_the_best_epoch(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    cfg = _cfg(make_cfg, *STOPS_EARLY)
+    result = fit(cfg, tmp_path)
+    assert result.best_epoch < result.stopped_epoch  # so best and last weights differ
+    model, splits = _load_best(cfg, result.checkpoint)
+    with torch.no_grad():
+        val = model.metrics(model(splits.val.x), splits.val.y)
+    assert val["loss"].item() == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["classifier", "regressor"])
+def test_test_metrics_are_those_of_the_best_checkpoint(
+    make_cfg: MakeCfg, tmp_path: Path, model: str
+) -> None:
+    cfg = _cfg(make_cfg, *STOPS_EARLY, f"model={model}")
+    result = fit(cfg, tmp_path)
+    assert result.best_epoch < result.stopped_epoch
+    reloaded, splits = _load_best(cfg, result.checkpoint)
+    with torch.no_grad():
+        test = reloaded.metrics(reloaded(splits.test.x), splits.test.y)
+    assert set(result.test_metrics) == {f"test/{name}" for name in test}
+    for name, value in test.items():
+        assert result.test_metrics[f"test/{name}"] == pytest.approx(value.item(), rel=1e-5)
+
+
+def test_same_seed_gives_identical_runs(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    cfg = _cfg(make_cfg, *tiny("model.dropout=0.2", "trainer.max_epochs=6"))
+    first = fit(cfg, tmp_path / "first")
+    second = fit(cfg, tmp_path / "second")
+    assert first.history == second.history
+    assert first.test_metrics == second.test_metrics
+
+
+def test_different_seed_gives_a_different_run(make_cfg: MakeCfg, tmp_path: Path) -> None:
+    first = fit(_cfg(make_cfg, *tiny("seed=0")), tmp_path / "first")
+    second = fit(_cfg(make_cfg, *tiny("seed=1")), tmp_path / "second")
+    assert first.data_fingerprint != second.data_fingerprint
+    assert first.history != second.history
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "optimizer_class"),
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
+def test_each_optimizer_trains_the_model(
+    make_cfg: MakeCfg, tmp_path: Path, optimizer: str, optimizer_class: type
+) -> None:
+    cfg = _cfg(
+        make_cfg,
+        *tiny(
+            f"optimizer={optimizer}",
+            "optimizer.lr=0.02",
+            "model=regressor",
+            "trainer.max_epochs=20",
+            "trainer.early_stopping.enabled=false",
+        ),
+    )
+    built = build_model(cfg, prepare_data(cfg).splits).configure_optimizers()
+    assert type(built) is optimizer_class
+    assert built.param_groups[0]["lr"] == 0.02
+    losses = [row["train/loss"] for row in fit(cfg, tmp_path).history]
+    assert losses[-1] < 0.5 * losses[0]
