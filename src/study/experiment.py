@@ -6,7 +6,6 @@ import functools
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -42,10 +41,20 @@ class RunOutcome:
 @functools.cache
 def environment_tags() -> dict[str, str]:
     """Code and library versions: what a rerun must match to reproduce the numbers."""
-    tags = {
-        f"version.{name}": version(name)
-        for name in ("torch", "pytorch-lightning", "optuna", "mlflow", "hydra-core")
+    import hydra
+    import mlflow
+    import optuna
+    import pytorch_lightning
+
+    # Module versions, not distribution metadata: mlflow may come as mlflow-skinny.
+    modules = {
+        "torch": torch,
+        "pytorch-lightning": pytorch_lightning,
+        "optuna": optuna,
+        "mlflow": mlflow,
+        "hydra-core": hydra,
     }
+    tags = {f"version.{name}": str(module.__version__) for name, module in modules.items()}
     try:
         commit = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
