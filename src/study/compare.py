@@ -52,10 +52,13 @@ def load_run(client: MlflowClient, run_id: str, store_uri: str) -> ComparedRun:
     try:
         run = client.get_run(run_id)
     except MlflowException as error:
-        raise UserError(
-            f"no run {run_id!r} in {redact(store_uri)}: check the id, or pass --tracking-uri "
-            "for the store that holds it"
-        ) from error
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error).lower():
+            raise UserError(
+                f"no run {run_id!r} in {redact(store_uri)}: check the id, or pass "
+                "--tracking-uri for the store that holds it"
+            ) from error
+        reason = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise UserError(f"{redact(store_uri)} cannot be reached: {reason}") from error
     name = run.data.tags.get("mlflow.runName") or run_id
     curves = {
         key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVES

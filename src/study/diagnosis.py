@@ -19,7 +19,6 @@ UNDERFIT = "underfit"
 GOOD = "good"
 OVERFIT = "overfit"
 DIVERGED = "diverged"
-VERDICTS = (UNDERFIT, GOOD, OVERFIT, DIVERGED)
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def diagnose(
         raise ValueError(f"need equally long, non-empty curves, got {len(train)} and {len(val)}")
     t = thresholds or Thresholds()
     known = baseline is not None and math.isfinite(baseline) and baseline > 0
-    unit = float(baseline) if known else _first_finite(train)  # type: ignore[arg-type]
+    unit = float(baseline or 0.0) if known else _first_finite(train)
     finite_val = [i for i, v in enumerate(val) if math.isfinite(v)]
     best = min(finite_val, key=lambda i: val[i]) if finite_val else len(val) - 1
     last = len(train) - 1
