@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from study.errors import UserError
-from study.tracking import PROJECT_ROOT, redact
+from study.paths import CONF_DIR, redact
 
-CONF_DIR = PROJECT_ROOT / "conf"
 DEFAULT_CONFIG = "train"
 # Hydra flags that take a value, so that value is not mistaken for a config name.
 _FLAGS_WITH_VALUE = {

@@ -15,6 +15,9 @@ def train_job(cfg: DictConfig) -> float:
     """One tracked training run (Hydra's task function); returns its best validation loss."""
     from hydra.core.hydra_config import HydraConfig
 
+    from study.validate import validate
+
+    validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
     from study.compare import PARENT_RUN_ENV
     from study.experiment import run_one
 
@@ -48,8 +51,8 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     import argparse
 
     from study.errors import UserError
+    from study.paths import redact
     from study.reproduce import reproduce
-    from study.tracking import redact
 
     parser = argparse.ArgumentParser(description="Rerun an MLflow run from what it logged.")
     parser.add_argument("run_id")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import optuna
 
+from study.paths import PROJECT_ROOT
 from study.search import make_storage
-from study.tracking import PROJECT_ROOT
 
 
 def run_study(

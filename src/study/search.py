@@ -21,9 +21,10 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.storages.journal import JournalFileBackend
 
 from study.errors import UserError
-from study.tracking import PROJECT_ROOT, redact
+from study.paths import PROJECT_ROOT, redact
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -56,18 +57,22 @@ class Param:
 
 
 def _choice_text(value: Any) -> Any:
-    """Optuna choices must be scalars: a list choice (hidden sizes) travels as its override text."""
+    """Optuna choices are scalars: a list choice (hidden sizes) travels as its override text."""
     if isinstance(value, ListConfig | list):
         return "[" + ",".join(str(item) for item in value) + "]"
     return value
 
 
-def parse_space(space: Mapping[str, Any], cfg: DictConfig, group_choices: Mapping[str, Any]) -> list[Param]:
+def parse_space(
+    space: Mapping[str, Any], cfg: DictConfig, group_choices: Mapping[str, Any]
+) -> list[Param]:
     """The search space as Params; UserError naming the entry for anything unusable."""
     params = []
     for path, spec in space.items():
         where = f"search.{path}"
-        is_group = path in group_choices and not isinstance(OmegaConf.select(cfg, path), int | float)
+        is_group = path in group_choices and not isinstance(
+            OmegaConf.select(cfg, path), int | float
+        )
         if not is_group and OmegaConf.select(cfg, path, default="<missing>") == "<missing>":
             raise UserError(
                 f"{where}: {path!r} is not a config path of this run: search existing keys "
@@ -92,7 +97,9 @@ def parse_space(space: Mapping[str, Any], cfg: DictConfig, group_choices: Mappin
             if log and low <= 0:
                 raise UserError(f"{where}: a log scale needs low > 0 (got low={low})")
             if kind == "float":
-                distribution = optuna.distributions.FloatDistribution(float(low), float(high), log=log)
+                distribution = optuna.distributions.FloatDistribution(
+                    float(low), float(high), log=log
+                )
             else:
                 distribution = optuna.distributions.IntDistribution(int(low), int(high), log=log)
         else:
@@ -132,7 +139,9 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 10))
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 10)
+        )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
     if name in ("none", None):
@@ -158,7 +167,9 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
             )
         except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
             reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else ""
-            raise UserError(f"sweep.storage={shown!r} cannot be used: {reason or type(error).__name__}") from error
+            raise UserError(
+                f"sweep.storage={shown!r} cannot be used: {reason or type(error).__name__}"
+            ) from error
     if "://" in url:
         raise UserError(
             f"sweep.storage={shown!r} is not a storage Optuna can use: give a journal file path, "
@@ -167,7 +178,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     path = Path(url).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        backend = JournalFileBackend(str(path))
     except OSError as error:
         raise UserError(f"sweep.storage={shown!r} cannot be written: {error.strerror}") from error
     return optuna.storages.JournalStorage(backend)

@@ -24,7 +24,8 @@ PLOTS = {
 def best_config_command(trial: optuna.trial.FrozenTrial) -> str:
     """The command line that reruns a trial as a single run."""
     overrides = [
-        o for o in trial.user_attrs.get("overrides", [])
+        o
+        for o in trial.user_attrs.get("overrides", [])
         if not o.lstrip("+~").startswith(SWEEP_ONLY_KEYS)
     ]
     quoted = [f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides]
@@ -75,18 +76,26 @@ def finish_parent_run(
     counts = {state.name.lower(): 0 for state in optuna.trial.TrialState}
     for trial in trials:
         counts[trial.state.name.lower()] += 1
-    metrics = {f"trials_{state}": counts[state] for state in ("complete", "pruned", "fail")}
-    lines = [f"study {study.study_name}: {counts['complete']} complete, {counts['pruned']} "
-             f"pruned, {counts['fail']} failed"]
+    metrics: dict[str, float] = {
+        f"trials_{state}": counts[state] for state in ("complete", "pruned", "fail")
+    }
+    lines = [
+        f"study {study.study_name}: {counts['complete']} complete, {counts['pruned']} "
+        f"pruned, {counts['fail']} failed"
+    ]
     best = best_trial(study)
     if best is not None:
         metrics["best_value"] = float(best.value)  # type: ignore[arg-type]
-        tags = {"best_trial_number": str(best.number),
-                "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                **{f"best.{k}": str(v) for k, v in best.params.items()}}
+        tags = {
+            "best_trial_number": str(best.number),
+            "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+            **{f"best.{k}": str(v) for k, v in best.params.items()},
+        }
         set_tags(client, run_id, tags)
-        lines.append(f"best value {best.value:.6g} (trial {best.number}, run "
-                     f"{best.user_attrs.get('mlflow_run_id', '?')})")
+        lines.append(
+            f"best value {best.value:.6g} (trial {best.number}, run "
+            f"{best.user_attrs.get('mlflow_run_id', '?')})"
+        )
         width = max(len(k) for k in best.params) if best.params else 0
         lines += [f"  {k:<{width}}  {v}" for k, v in best.params.items()]
         config = copy_best_config(best, sweep_dir)

@@ -68,21 +68,31 @@ def _positive_int(settings: DictConfig, key: str) -> int:
     return value
 
 
-def plan_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_name: str,
-               sweep_dir: Path, group_choices: dict[str, Any]) -> SweepPlan:
+def plan_sweep(
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    conf_dir: str,
+    config_name: str,
+    sweep_dir: Path,
+    group_choices: dict[str, Any],
+) -> SweepPlan:
     """Check the sweep settings, the search space and every range end; UserError if unusable."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     sweeping = [o.input_line for o in parsed if o.is_sweep_override()]
     if sweeping:
-        raise UserError(f"{sweeping[0]!r} is a Hydra sweep: with the study sweeper put ranges in "
-                        "search.* (or use hydra/sweeper=basic for a grid)")
+        raise UserError(
+            f"{sweeping[0]!r} is a Hydra sweep: with the study sweeper put ranges in "
+            "search.* (or use hydra/sweeper=basic for a grid)"
+        )
     settings = cfg.sweep
     if settings.sampler not in SAMPLERS:
-        raise UserError(f"sweep.sampler={settings.sampler!r} is unknown: use one of "
-                        f"{', '.join(SAMPLERS)}")
+        raise UserError(
+            f"sweep.sampler={settings.sampler!r} is unknown: use one of {', '.join(SAMPLERS)}"
+        )
     if str(settings.pruner) not in PRUNERS:
-        raise UserError(f"sweep.pruner={settings.pruner!r} is unknown: use one of "
-                        f"{', '.join(PRUNERS)}")
+        raise UserError(
+            f"sweep.pruner={settings.pruner!r} is unknown: use one of {', '.join(PRUNERS)}"
+        )
     if settings.direction not in ("minimize", "maximize"):
         raise UserError(f"sweep.direction={settings.direction!r}: use minimize or maximize")
     n_trials = _positive_int(settings, "n_trials")
@@ -94,7 +104,9 @@ def plan_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_
         try:
             validate(compose_config(conf_dir, config_name, [*overrides, *ends]))
         except UserError as error:
-            raise UserError(f"search: the range end {' '.join(ends)} is unusable: {error}") from error
+            raise UserError(
+                f"search: the range end {' '.join(ends)} is unusable: {error}"
+            ) from error
         except Exception as error:
             first = str(error).splitlines()[0]
             raise UserError(f"search: {' '.join(ends)} does not compose: {first}") from error
@@ -121,27 +133,36 @@ def plan_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_
 def open_study(plan: SweepPlan) -> optuna.Study:
     storage = make_storage(plan.storage_url)
     study = optuna.create_study(
-        study_name=plan.study_name, storage=storage, direction=plan.direction,
-        load_if_exists=True, sampler=make_sampler(plan.sampler, plan.seed),
+        study_name=plan.study_name,
+        storage=storage,
+        direction=plan.direction,  # type: ignore[arg-type]  # checked in plan_sweep
+        load_if_exists=True,
+        sampler=make_sampler(plan.sampler, plan.seed),
         pruner=make_pruner(plan.pruner, plan.max_epochs),
     )
     if study.direction.name.lower() != plan.direction:
-        raise UserError(f"study {plan.study_name!r} exists with direction "
-                        f"{study.direction.name.lower()}: use another sweep.study_name")
+        raise UserError(
+            f"study {plan.study_name!r} exists with direction "
+            f"{study.direction.name.lower()}: use another sweep.study_name"
+        )
     return study
 
 
-def open_parent_run(study: optuna.Study, store: Store, client: MlflowClient, plan: SweepPlan,
-                    cfg: DictConfig) -> tuple[str, str]:
+def open_parent_run(
+    study: optuna.Study, store: Store, client: MlflowClient, plan: SweepPlan, cfg: DictConfig
+) -> tuple[str, str]:
     """The study's MLflow parent run: created once, reopened when the study resumes."""
     experiment_id = store.experiment_id(client, plan.study_name)
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
         client.update_run(run_id, status="RUNNING")
         return experiment_id, run_id
-    tags = {"study": plan.study_name, "sweep.storage": redact(plan.storage_url),
-            "mlflow.note.content": f"Optuna study {plan.study_name}: one child run per trial",
-            **EXPERIMENT_KIND_TAG}
+    tags = {
+        "study": plan.study_name,
+        "sweep.storage": redact(plan.storage_url),
+        "mlflow.note.content": f"Optuna study {plan.study_name}: one child run per trial",
+        **EXPERIMENT_KIND_TAG,
+    }
     run = client.create_run(experiment_id, run_name=f"study {plan.study_name}", tags=tags)
     params = {f"sweep.{k}": redact(str(v)) for k, v in cfg.sweep.items()}
     params.update({f"search.{p.path}": json.dumps(p.distribution._asdict()) for p in plan.params})
@@ -167,15 +188,27 @@ def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> int:
 
 def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) -> Path:
     spec = {
-        "study_name": plan.study_name, "storage": plan.storage_url, "sampler": plan.sampler,
-        "pruner": plan.pruner, "seed": plan.seed, "direction": plan.direction,
-        "metric": plan.metric, "max_epochs": plan.max_epochs, "overrides": plan.overrides,
-        "config_name": plan.config_name, "conf_dir": plan.conf_dir,
-        "sweep_dir": str(plan.sweep_dir), "parent_run_id": parent_run_id,
-        "tracking_uri": tracking_uri, "device_label": "",
+        "study_name": plan.study_name,
+        "storage": plan.storage_url,
+        "sampler": plan.sampler,
+        "pruner": plan.pruner,
+        "seed": plan.seed,
+        "direction": plan.direction,
+        "metric": plan.metric,
+        "max_epochs": plan.max_epochs,
+        "overrides": plan.overrides,
+        "config_name": plan.config_name,
+        "conf_dir": plan.conf_dir,
+        "sweep_dir": str(plan.sweep_dir),
+        "parent_run_id": parent_run_id,
+        "tracking_uri": tracking_uri,
+        "device_label": "",
         "params": [
-            {"path": p.path, "is_group": p.is_group,
-             "distribution": optuna.distributions.distribution_to_json(p.distribution)}
+            {
+                "path": p.path,
+                "is_group": p.is_group,
+                "distribution": optuna.distributions.distribution_to_json(p.distribution),
+            }
             for p in plan.params
         ],
     }
@@ -200,10 +233,16 @@ class ProgressLine:
         done_here = tally.finished - self.already
         left = self.plan.n_trials - tally.finished
         eta = f"{_clock(elapsed / done_here * left)}" if done_here else "?"
-        best = f"{tally.best_value:.4g} (trial {tally.best_number})" if tally.best_value is not None else "-"
-        return (f"[{self.plan.study_name}] {tally.finished}/{self.plan.n_trials} finished, "
-                f"{tally.pruned} pruned, {tally.failed} failed | best {best} | "
-                f"{_clock(elapsed)} elapsed, ETA {eta}")
+        best = (
+            f"{tally.best_value:.4g} (trial {tally.best_number})"
+            if tally.best_value is not None
+            else "-"
+        )
+        return (
+            f"[{self.plan.study_name}] {tally.finished}/{self.plan.n_trials} finished, "
+            f"{tally.pruned} pruned, {tally.failed} failed | best {best} | "
+            f"{_clock(elapsed)} elapsed, ETA {eta}"
+        )
 
     def update(self, tally: Tally, event: dict[str, Any]) -> None:
         if event["event"] != "finished":
@@ -220,7 +259,11 @@ class ProgressLine:
 
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+    return (
+        f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+        if minutes >= 60
+        else f"{minutes}:{secs:02d}"
+    )
 
 
 def starting_tally(study: optuna.Study, n_trials: int) -> Tally:
@@ -234,8 +277,14 @@ def starting_tally(study: optuna.Study, n_trials: int) -> Tally:
     return tally
 
 
-def run_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_name: str,
-              sweep_dir: Path, group_choices: dict[str, Any]) -> Tally:
+def run_sweep(
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    conf_dir: str,
+    config_name: str,
+    sweep_dir: Path,
+    group_choices: dict[str, Any],
+) -> Tally:
     plan = plan_sweep(cfg, overrides, conf_dir, config_name, sweep_dir, group_choices)
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
@@ -247,13 +296,20 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_n
         tally = starting_tally(study, plan.n_trials)
         maximize = plan.direction == "maximize"
         progress = ProgressLine(plan, tally)
-        print(f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
-              f"{f', {stale} stale trials failed' if stale else ''}; {len(plan.slots)} workers on "
-              f"{', '.join(sorted({s.label for s in plan.slots}))}; storage "
-              f"{redact(plan.storage_url)}", flush=True)
+        print(
+            f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
+            f"{f', {stale} stale trials failed' if stale else ''}; {len(plan.slots)} workers on "
+            f"{', '.join(sorted({s.label for s in plan.slots}))}; storage "
+            f"{redact(plan.storage_url)}",
+            flush=True,
+        )
         scheduler = Scheduler(
-            plan.slots, write_spec(plan, parent_run_id, cfg.tracking.uri), plan.sweep_dir,
-            tally, plan.max_failures, (lambda a, b: a > b) if maximize else (lambda a, b: a < b),
+            plan.slots,
+            write_spec(plan, parent_run_id, cfg.tracking.uri),
+            plan.sweep_dir,
+            tally,
+            plan.max_failures,
+            (lambda a, b: a > b) if maximize else (lambda a, b: a < b),
             progress.update,
         )
         if tally.finished < plan.n_trials:
@@ -261,8 +317,10 @@ def run_sweep(cfg: DictConfig, overrides: Sequence[str], conf_dir: str, config_n
         progress.close()
         summary = finish_parent_run(client, parent_run_id, study, plan.sweep_dir)
         print(summary)
-        print(f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
-              "(after python scripts/ui.py)")
+        print(
+            f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
+            "(after python scripts/ui.py)"
+        )
         if scheduler.stop_reason is not None:
             raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
         status = "FINISHED"

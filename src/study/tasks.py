@@ -96,8 +96,7 @@ class MLPTask(pl.LightningModule):
         self.history.append({"epoch": self.current_epoch + 1, **values})
         # The one self.log per epoch: EarlyStopping reads val/loss from callback_metrics.
         val_loss = values["val/loss"] if math.isfinite(values["val/loss"]) else math.inf
-        self.log("val/loss", val_loss, on_step=False, on_epoch=True, batch_size=1,
-                 prog_bar=True)
+        self.log("val/loss", val_loss, on_step=False, on_epoch=True, batch_size=1, prog_bar=True)
 
     @torch.no_grad()
     def evaluate(self, split: Split, prefix: str) -> dict[str, float]:
@@ -107,6 +106,12 @@ class MLPTask(pl.LightningModule):
         self.net.train()
         values = torch.stack(list(metrics.values())).tolist()  # one device sync for all
         return {f"{prefix}/{name}": value for name, value in zip(metrics, values, strict=True)}
+
+
+def epoch_history(module: pl.LightningModule) -> list[dict[str, float]]:
+    """The per-epoch metrics of one of our modules, for callbacks typed on LightningModule."""
+    history: list[dict[str, float]] = getattr(module, "history")  # noqa: B009
+    return history
 
 
 class Classifier(MLPTask):

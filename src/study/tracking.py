@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from study.errors import UserError
+from study.paths import PROJECT_ROOT, redact
 
 # A new or migrated store announces its schema upgrade at INFO level on every first use.
 for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -26,19 +27,14 @@ for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 
 # Artifact downloads draw a progress bar per file: noise in logs and captured output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow retries an unreachable server for minutes by default; say so within seconds instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PARAM_LENGTH = 6000
-_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@"
-)
-
-
-def redact(text: str) -> str:
-    """Mask the password of every URL in `text` (`postgresql://u:secret@h` -> `...u:***@h`)."""
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping
 from study.curves import best_row
 from study.data import REGRESSION, Splits, TabularData
 from study.diagnosis import Diagnosis, Thresholds, diagnose_history
-from study.tasks import EpochLoader, MLPTask
+from study.tasks import EpochLoader, MLPTask, epoch_history
 
 # Lightning's advice about worker processes and small batch counts does not apply to batches
 # sliced from in-memory tensors; its banner lines are noise in every run's output.
@@ -86,7 +86,7 @@ class KeepBestWeights(Callback):
         self.best_state: dict[str, torch.Tensor] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row = pl_module.history[-1]
+        row = epoch_history(pl_module)[-1]
         if row["val/loss"] < self.best_loss:  # False for NaN: a diverged epoch is never best
             self.best_loss, self.best_epoch = row["val/loss"], int(row["epoch"])
             self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}

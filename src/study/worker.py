@@ -24,7 +24,9 @@ from study.compose import compose_config
 from study.errors import UserError
 from study.experiment import run_one
 from study.search import Param, make_pruner, make_sampler, make_storage
-from study.tracking import Store, redact, set_tags
+from study.tasks import epoch_history
+from study.tracking import Store, set_tags
+
 
 class TrialReporter(pl.Callback):
     """Reports the best value so far each epoch so the pruner can stop a hopeless trial.
@@ -41,7 +43,7 @@ class TrialReporter(pl.Callback):
         self.stop_reason: str | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row = pl_module.history[-1]
+        row = epoch_history(pl_module)[-1]
         value = row.get(self.metric, math.nan)
         if not math.isfinite(row["train/loss"]) or not math.isfinite(value):
             self.stop_reason = "diverged"
@@ -61,8 +63,11 @@ class TrialRunner:
         self.index = index
         self.events = events
         self.params = [
-            Param(p["path"], optuna.distributions.json_to_distribution(p["distribution"]),
-                  p["is_group"])
+            Param(
+                p["path"],
+                optuna.distributions.json_to_distribution(p["distribution"]),
+                p["is_group"],
+            )
             for p in spec["params"]
         ]
         self.store = Store.from_config(spec["tracking_uri"])
@@ -74,8 +79,9 @@ class TrialRunner:
         self.events.flush()
 
     def compose_trial(self, sampled: list[str]) -> DictConfig:
-        cfg = compose_config(self.spec["conf_dir"], self.spec["config_name"],
-                             [*self.spec["overrides"], *sampled])
+        cfg = compose_config(
+            self.spec["conf_dir"], self.spec["config_name"], [*self.spec["overrides"], *sampled]
+        )
         plain = OmegaConf.to_container(cfg, resolve=False)
         assert isinstance(plain, dict)
         for section in ("sweep", "search", "hydra"):
@@ -103,16 +109,24 @@ class TrialRunner:
         }
         cfg = self.compose_trial(sampled)
         outcome = run_one(
-            cfg, output_dir, overrides, run_name=f"trial {trial.number}",
-            parent_run_id=self.spec["parent_run_id"], tags=tags, callbacks=[reporter],
+            cfg,
+            output_dir,
+            overrides,
+            run_name=f"trial {trial.number}",
+            parent_run_id=self.spec["parent_run_id"],
+            tags=tags,
+            callbacks=[reporter],
             store=self.store,
         )
         trial.set_user_attr("mlflow_run_id", outcome.run_id)
         trial.set_user_attr("device", outcome.result.device)
         trial.set_user_attr("epochs", outcome.result.stopped_epoch)
         if reporter.stop_reason is not None:
-            set_tags(self.client, outcome.run_id,
-                     {"trial_state": "PRUNED", "reason": reporter.stop_reason})
+            set_tags(
+                self.client,
+                outcome.run_id,
+                {"trial_state": "PRUNED", "reason": reporter.stop_reason},
+            )
             raise optuna.TrialPruned(reporter.stop_reason)
         set_tags(self.client, outcome.run_id, {"trial_state": "COMPLETE"})
         if reporter.best is None:
@@ -124,9 +138,15 @@ class TrialRunner:
         if self.current is None:
             return
         trial = study.get_trials(deepcopy=False)[self.current]
-        self.emit(event="finished", number=trial.number, state=trial.state.name,
-                  value=trial.value, run_id=trial.user_attrs.get("mlflow_run_id"),
-                  device=trial.user_attrs.get("device"), epochs=trial.user_attrs.get("epochs"))
+        self.emit(
+            event="finished",
+            number=trial.number,
+            state=trial.state.name,
+            value=trial.value,
+            run_id=trial.user_attrs.get("mlflow_run_id"),
+            device=trial.user_attrs.get("device"),
+            epochs=trial.user_attrs.get("epochs"),
+        )
         self.current = None
 
 

@@ -36,7 +36,9 @@ class Slot:
 def visible_gpus() -> list[str]:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"]
+        return [
+            item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"
+        ]
     import torch
 
     return [str(index) for index in range(torch.cuda.device_count())]
@@ -50,7 +52,11 @@ def device_slots(
         raise UserError(f"sweep.workers={workers!r} is not allowed: use auto or a number >= 1")
     if isinstance(workers, int) and workers < 1:
         raise UserError(f"sweep.workers={workers} is out of range: use auto or a number >= 1")
-    if isinstance(trials_per_gpu, bool) or not isinstance(trials_per_gpu, int) or trials_per_gpu < 1:
+    if (
+        isinstance(trials_per_gpu, bool)
+        or not isinstance(trials_per_gpu, int)
+        or trials_per_gpu < 1
+    ):
         raise UserError(f"sweep.trials_per_gpu={trials_per_gpu!r} is out of range: must be >= 1")
     gpus = [str(device) for device in devices] if devices is not None else visible_gpus()
     if gpus:
@@ -87,8 +93,13 @@ class Worker:
 
 def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "STUDY_WORKER_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "STUDY_WORKER_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
     if slot.device is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.device
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -181,8 +192,10 @@ class Scheduler:
             else:
                 self.tally.failed += 1
             value = event.get("value")
-            if state == "COMPLETE" and value is not None and (
-                self.tally.best_value is None or self.better(value, self.tally.best_value)
+            if (
+                state == "COMPLETE"
+                and value is not None
+                and (self.tally.best_value is None or self.better(value, self.tally.best_value))
             ):
                 self.tally.best_value, self.tally.best_number = value, event["number"]
             self.tally.history.append(event)
@@ -218,7 +231,9 @@ class Scheduler:
         worker.events.close()
         code = worker.process.wait()
         if code != 0 and self.stop_reason is None:
-            self.stop_reason = f"worker {worker.slot.index} exited with code {code}: see {worker.log_path}"
+            self.stop_reason = (
+                f"worker {worker.slot.index} exited with code {code}: see {worker.log_path}"
+            )
 
     def shutdown(self, timeout_s: float = 10) -> None:
         for worker in self.workers:

@@ -8,7 +8,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 
 class StudySweeper(Sweeper):
@@ -28,8 +28,13 @@ class StudySweeper(Sweeper):
         HydraConfig.instance().set_config(self.config)
         main_source = next(s for s in hydra_cfg.runtime.config_sources if s.provider == "main")
         conf_dir = str(main_source.path).removeprefix("file://")
-        choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
-        assert isinstance(choices, dict)
-        run_sweep(self.config, arguments, conf_dir, hydra_cfg.job.config_name,
-                  Path(hydra_cfg.sweep.dir), choices)
+        choices = {str(k): v for k, v in hydra_cfg.runtime.choices.items()}
+        run_sweep(
+            self.config,
+            arguments,
+            conf_dir,
+            hydra_cfg.job.config_name,
+            Path(hydra_cfg.sweep.dir),
+            choices,
+        )
         return []
