@@ -75,7 +75,8 @@ def test_sqlite_uri_expands_the_home_directory(
 
 
 @pytest.mark.parametrize(
-    "uri", ["http://127.0.0.1:5000", "https://mlflow.example.com", "postgresql://u:p@db/mlflow"]
+    "uri",
+    ["http://127.0.0.1:5000", "https://mlflow.example.com", "postgresql+psycopg2://u:p@db/mlflow"],
 )
 def test_server_and_database_uris_are_kept_with_no_local_artifact_folder(uri: str) -> None:
     store = Store.from_config(uri)

@@ -1,4 +1,4 @@
-"""Where the project lives, and masking of secrets in anything we print or store.
+"""Where the project lives; database URLs, and masking of their secrets in what we print or store.
 
 Kept free of heavy imports: the command line reports bad input before loading torch or MLflow.
 """
@@ -19,3 +19,13 @@ _CREDENTIALS = re.compile(
 def redact(text: str) -> str:
     """Mask the password of every URL in `text` (`postgresql://u:secret@h` -> `...u:***@h`)."""
     return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+# SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; the driver we install is psycopg2.
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg2"}
+
+
+def database_url(url: str) -> str:
+    """`url` with an explicit driver where its scheme names none (`postgresql+psycopg2://...`)."""
+    scheme, separator, rest = url.partition("://")
+    return f"{_DEFAULT_DRIVERS.get(scheme, scheme)}{separator}{rest}" if separator else url

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.storages.journal import JournalFileBackend
 
 from study.errors import UserError
-from study.paths import PROJECT_ROOT, redact
+from study.paths import PROJECT_ROOT, database_url, redact
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -163,7 +163,10 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if _RDB_URL.match(url):
         try:
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=10, grace_period=30, engine_kwargs=_engine_kwargs(url)
+                database_url(url),
+                heartbeat_interval=10,
+                grace_period=30,
+                engine_kwargs=_engine_kwargs(url),
             )
         except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
             reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else ""

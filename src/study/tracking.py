@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from study.errors import UserError
-from study.paths import PROJECT_ROOT, redact
+from study.paths import PROJECT_ROOT, database_url, redact
 
 # A new or migrated store announces its schema upgrade at INFO level on every first use.
 for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -55,7 +55,7 @@ class Store:
         if re.match(r"^(https?|postgresql|mysql|mssql)(\+\w+)?://", uri) or uri.startswith(
             "databricks"
         ):
-            return cls(uri, None)
+            return cls(database_url(uri), None)
         raise UserError(
             f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
             "sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
@@ -120,7 +120,7 @@ def tracked_run(
         if params:
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         yield run_id
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into sys.exit(1)
         status = "KILLED"
         raise
     except BaseException as error:
