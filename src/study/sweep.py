@@ -4,10 +4,12 @@ and summarize. Called by the Hydra sweeper for `python scripts/run.py -m sweep`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.compose import compose_config
 from study.errors import UserError
+from study.quota import StudyLock
+from study.recovery import Recovery
 from study.search import (
     FINISHED,
     PARENT_RUN_ATTR,
@@ -52,6 +56,7 @@ class SweepPlan:
     direction: str
     metric: str
     max_failures: int
+    retries: int
     slots: list[Slot]
     params: list[Param]
     overrides: list[str]
@@ -97,6 +102,9 @@ def plan_sweep(
         raise UserError(f"sweep.direction={settings.direction!r}: use minimize or maximize")
     n_trials = _positive_int(settings, "n_trials")
     max_failures = _positive_int(settings, "max_failures")
+    retries = settings.get("retries", 1)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     slots = device_slots(settings.workers, settings.trials_per_gpu, settings.devices)
     validate(cfg)
     params = parse_space(OmegaConf.to_container(cfg.search), cfg, group_choices)  # type: ignore[arg-type]
@@ -120,6 +128,7 @@ def plan_sweep(
         direction=str(settings.direction),
         metric=str(settings.metric),
         max_failures=max_failures,
+        retries=retries,
         slots=slots,
         params=params,
         overrides=list(overrides),
@@ -173,19 +182,6 @@ def open_parent_run(
     return experiment_id, run.info.run_id
 
 
-def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> int:
-    """Fail trials a dead sweep left RUNNING (journal storage: no heartbeat does it for us)."""
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        return 0  # heartbeats and the other hosts' sweeps handle these
-    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for trial in stale:
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            client.set_terminated(run_id, "KILLED")
-    return len(stale)
-
-
 def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) -> Path:
     spec = {
         "study_name": plan.study_name,
@@ -202,7 +198,7 @@ def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) ->
         "sweep_dir": str(plan.sweep_dir),
         "parent_run_id": parent_run_id,
         "tracking_uri": tracking_uri,
-        "device_label": "",
+        "n_trials": plan.n_trials,
         "params": [
             {
                 "path": p.path,
@@ -222,10 +218,11 @@ def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) ->
 class ProgressLine:
     """One line for the whole study: finished/total, pruned, failed, best so far, time."""
 
-    def __init__(self, plan: SweepPlan, tally: Tally) -> None:
+    def __init__(self, plan: SweepPlan, read: Callable[[], Tally]) -> None:
         self.plan = plan
+        self.read = read
         self.start = time.monotonic()
-        self.already = tally.finished
+        self.already = read().finished
         self.tty = sys.stdout.isatty()
 
     def render(self, tally: Tally) -> str:
@@ -240,17 +237,27 @@ class ProgressLine:
         )
         return (
             f"[{self.plan.study_name}] {tally.finished}/{self.plan.n_trials} finished, "
-            f"{tally.pruned} pruned, {tally.failed} failed | best {best} | "
+            f"{tally.pruned} pruned, {tally.failed} failed, {tally.running} running | "
+            f"best {best} | "
             f"{_clock(elapsed)} elapsed, ETA {eta}"
         )
 
-    def update(self, tally: Tally, event: dict[str, Any]) -> None:
-        if event["event"] != "finished":
-            return
-        if self.tty:
-            print(f"\r{self.render(tally)}\033[K", end="", flush=True)
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event["event"] == "lost":
+            self._print(
+                f"trial {event['number']} lost its worker (exit {event['code']}): "
+                "failed; a new worker takes over"
+            )
+        if event["event"] in ("finished", "lost"):
+            self._print(self.render(self.read()), overwrite=True)
+
+    def _print(self, line: str, overwrite: bool = False) -> None:
+        if self.tty and overwrite:
+            print(f"\r{line}\033[K", end="", flush=True)
+        elif self.tty:
+            print(f"\r{line}\033[K", flush=True)
         else:
-            print(self.render(tally), flush=True)
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.tty:
@@ -266,11 +273,17 @@ def _clock(seconds: float) -> str:
     )
 
 
-def starting_tally(study: optuna.Study, n_trials: int) -> Tally:
+def read_tally(study: optuna.Study, n_trials: int) -> Tally:
+    """The study's progress from its storage: every host's trials count."""
     trials = study.get_trials(deepcopy=False)
-    tally = Tally(n_trials=n_trials)
-    tally.finished = sum(t.state in FINISHED for t in trials)
-    tally.pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    states = [t.state for t in trials]
+    tally = Tally(
+        n_trials=n_trials,
+        finished=sum(state in FINISHED for state in states),
+        pruned=states.count(optuna.trial.TrialState.PRUNED),
+        failed=states.count(optuna.trial.TrialState.FAIL),
+        running=states.count(optuna.trial.TrialState.RUNNING),
+    )
     best = best_trial(study)
     if best is not None:
         tally.best_value, tally.best_number = best.value, best.number
@@ -290,33 +303,40 @@ def run_sweep(
     client = store.client()
     study = open_study(plan)
     experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
+    recovery = Recovery(
+        study,
+        StudyLock(plan.storage_url, plan.study_name),
+        client,
+        experiment_id,
+        parent_run_id,
+        plan.retries,
+    )
+    # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED.
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     status = "FAILED"
     try:
-        stale = fail_stale_trials(study, client)
-        tally = starting_tally(study, plan.n_trials)
-        maximize = plan.direction == "maximize"
-        progress = ProgressLine(plan, tally)
+        stale = recovery.fail_orphans()
+        tally = read_tally(study, plan.n_trials)
+        progress = ProgressLine(plan, lambda: read_tally(study, plan.n_trials))
         print(
             f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
-            f"{f', {stale} stale trials failed' if stale else ''}; {len(plan.slots)} workers on "
-            f"{', '.join(sorted({s.label for s in plan.slots}))}; storage "
-            f"{redact(plan.storage_url)}",
+            f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
+            f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}; "
+            f"storage {redact(plan.storage_url)}",
             flush=True,
         )
         scheduler = Scheduler(
             plan.slots,
             write_spec(plan, parent_run_id, cfg.tracking.uri),
             plan.sweep_dir,
-            tally,
             plan.max_failures,
-            (lambda a, b: a > b) if maximize else (lambda a, b: a < b),
-            progress.update,
+            on_event=progress.on_event,
+            on_worker_lost=recovery.worker_lost,
         )
         if tally.finished < plan.n_trials:
             scheduler.run()
         progress.close()
-        summary = finish_parent_run(client, parent_run_id, study, plan.sweep_dir)
-        print(summary)
+        print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
         print(
             f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
             "(after python scripts/ui.py)"
@@ -324,9 +344,16 @@ def run_sweep(
         if scheduler.stop_reason is not None:
             raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
         status = "FINISHED"
-        return tally
+        return read_tally(study, plan.n_trials)
     except KeyboardInterrupt:
         status = "KILLED"
+        print(
+            f"\nstudy {plan.study_name} interrupted: rerun the same command to resume",
+            file=sys.stderr,
+        )
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
+            recovery.fail_orphans()
         client.set_terminated(parent_run_id, status)

@@ -7,6 +7,7 @@ MLflow: ~5 s) are paid once per worker, not once per trial.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from study.compose import compose_config
 from study.errors import UserError
 from study.experiment import run_one
+from study.paths import redact
+from study.quota import HeartbeatThread, StudyLock, claim_trial
 from study.search import Param, make_pruner, make_sampler, make_storage
 from study.tasks import epoch_history
 from study.tracking import Store, set_tags
@@ -72,7 +75,6 @@ class TrialRunner:
         ]
         self.store = Store.from_config(spec["tracking_uri"])
         self.client = self.store.client()
-        self.current: int | None = None
 
     def emit(self, **event: Any) -> None:
         self.events.write(json.dumps(event) + "\n")
@@ -91,12 +93,11 @@ class TrialRunner:
         return trial_cfg
 
     def objective(self, trial: optuna.Trial) -> float:
-        self.current = trial.number
         self.emit(event="started", number=trial.number)
+        trial.set_user_attr("device", os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu")
         sampled = [param.suggest(trial) for param in self.params]
         overrides = [*self.spec["overrides"], *sampled]
         trial.set_user_attr("overrides", overrides)
-        trial.set_user_attr("device", self.spec["device_label"])
         output_dir = Path(self.spec["sweep_dir"]) / f"trial_{trial.number}"
         trial.set_user_attr("output_dir", str(output_dir))
         maximize = self.spec["direction"] == "maximize"
@@ -133,21 +134,36 @@ class TrialRunner:
             raise RuntimeError(f"metric {self.spec['metric']!r} was never logged")
         return reporter.best
 
-    def report(self, study: optuna.Study) -> None:
-        """Tell the parent how the trial this worker just ran ended."""
-        if self.current is None:
-            return
-        trial = study.get_trials(deepcopy=False)[self.current]
+    def run(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        """Run a claimed trial to its end and tell the study and the parent how it ended."""
+        heartbeat = HeartbeatThread(study, trial)
+        state, value = optuna.trial.TrialState.FAIL, None
+        try:
+            value = self.objective(trial)
+            state = optuna.trial.TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = optuna.trial.TrialState.PRUNED
+        except Exception as error:  # the study goes on; the run holds the error tag
+            trial.set_user_attr("fail_reason", redact(repr(error))[:1000])
+            print(f"trial {trial.number} failed: {redact(repr(error))}", file=sys.stderr)
+        finally:
+            heartbeat.stop()
+            with contextlib.suppress(ValueError, RuntimeError):  # already failed as stale
+                study.tell(
+                    trial,
+                    value if state == optuna.trial.TrialState.COMPLETE else None,
+                    state=state,
+                )
+        frozen = study.get_trials(deepcopy=False)[trial.number]
         self.emit(
             event="finished",
             number=trial.number,
-            state=trial.state.name,
-            value=trial.value,
-            run_id=trial.user_attrs.get("mlflow_run_id"),
-            device=trial.user_attrs.get("device"),
-            epochs=trial.user_attrs.get("epochs"),
+            state=frozen.state.name,
+            value=frozen.value,
+            run_id=frozen.user_attrs.get("mlflow_run_id"),
+            device=frozen.user_attrs.get("device"),
+            epochs=frozen.user_attrs.get("epochs"),
         )
-        self.current = None
 
 
 def main(argv: list[str]) -> int:
@@ -156,6 +172,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(int(os.environ.get("STUDY_WORKER_THREADS", "1")))
     # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    die_with_parent()
     with os.fdopen(events_fd, "w", buffering=1) as events:
         runner = TrialRunner(spec, index, events)
         study = optuna.load_study(
@@ -164,15 +181,26 @@ def main(argv: list[str]) -> int:
             sampler=make_sampler(spec["sampler"], spec["seed"] + index),
             pruner=make_pruner(spec["pruner"], spec["max_epochs"]),
         )
+        lock = StudyLock(spec["storage"], spec["study_name"])
         runner.emit(event="ready")
         for line in sys.stdin:
             if line.strip() != "trial":
                 break
-            # optimize() rather than ask/tell: it runs heartbeats on RDB storages and records
-            # a failing trial as FAIL with its reason instead of ending the worker.
-            study.optimize(runner.objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            runner.report(study)
+            trial = claim_trial(study, spec["n_trials"], lock)
+            if trial is None:
+                runner.emit(event="exhausted")
+                break
+            runner.run(study, trial)
     return 0
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGTERM when the sweep's parent dies, instead of training on as an orphan."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 if __name__ == "__main__":

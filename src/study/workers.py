@@ -8,13 +8,14 @@ finished trials however many workers race for the last ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,7 +80,7 @@ class Worker:
     events: IO[str]
     log_path: Path
     trial: int | None = None  # the trial number it is running, once it said so
-    granted: bool = False  # a trial was granted and has not finished yet
+    ready: bool = False  # it finished starting up (imports, study loaded)
     done: bool = False
 
     def send(self, command: str) -> None:
@@ -120,108 +121,91 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
 
 @dataclass
 class Tally:
-    """What the parent has seen of the study so far (including earlier resumed sessions)."""
+    """The study's progress as the parent last saw it (all hosts, resumed sessions included)."""
 
     n_trials: int
     finished: int = 0
     pruned: int = 0
     failed: int = 0
-    started_here: int = 0
+    running: int = 0
     best_value: float | None = None
     best_number: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Scheduler:
-    """Runs workers, hands out trials, and collects their results until the study is done."""
+    """Runs the workers, keeps them going, and replaces any that die.
+
+    Workers claim trials themselves (study.quota), so the parent only says "go on" or "stop":
+    it stops them when the study is interrupted or too many trials failed. A worker that dies
+    mid-trial is reported through `on_worker_lost` (which fails its trial and queues a retry)
+    and replaced on the same device.
+    """
 
     def __init__(
         self,
         slots: Sequence[Slot],
         spec_path: Path,
         log_dir: Path,
-        tally: Tally,
         max_failures: int,
-        better: Callable[[float, float], bool],
-        on_event: Callable[[Tally, dict[str, Any]], None] = lambda tally, event: None,
+        on_event: Callable[[dict[str, Any]], None] = lambda event: None,
+        on_worker_lost: Callable[[int], None] = lambda number: None,
     ) -> None:
         self.slots = slots
         self.spec_path = spec_path
         self.log_dir = log_dir
-        self.tally = tally
         self.max_failures = max_failures
-        self.better = better
         self.on_event = on_event
+        self.on_worker_lost = on_worker_lost
         self.threads = threads_per_worker(len(slots))
         self.selector = selectors.DefaultSelector()
         self.workers: list[Worker] = []
+        self.failed_here = 0
+        self.replaced = 0
         self.stop_reason: str | None = None
 
-    def _granted(self) -> int:
-        return sum(worker.granted for worker in self.workers)
+    def _start(self, slot: Slot) -> None:
+        worker = start_worker(slot, self.spec_path, self.log_dir, self.threads)
+        self.workers.append(worker)
+        self.selector.register(worker.events, selectors.EVENT_READ, worker)
 
-    def _may_start_trial(self) -> bool:
-        if self.tally.failed >= self.max_failures:
+    def _go_on(self, worker: Worker) -> None:
+        if self.failed_here >= self.max_failures:
             self.stop_reason = (
-                f"{self.tally.failed} trials failed (sweep.max_failures={self.max_failures}): "
+                f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
                 f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
             )
-            return False
-        return self.tally.finished + self._granted() < self.tally.n_trials
-
-    def _next(self, worker: Worker) -> None:
-        if self._may_start_trial():
-            worker.granted = True
-            worker.send("trial")
-        else:
-            worker.send("stop")
+        worker.send("stop" if self.stop_reason else "trial")
 
     def _handle(self, worker: Worker, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "ready":
-            self._next(worker)
+            worker.ready = True
         elif kind == "started":
             worker.trial = event["number"]
-            self.tally.started_here += 1
         elif kind == "finished":
-            worker.granted, worker.trial = False, None
-            state = event["state"]
-            if state in ("COMPLETE", "PRUNED"):
-                self.tally.finished += 1
-                self.tally.pruned += state == "PRUNED"
-            else:
-                self.tally.failed += 1
-            value = event.get("value")
-            if (
-                state == "COMPLETE"
-                and value is not None
-                and (self.tally.best_value is None or self.better(value, self.tally.best_value))
-            ):
-                self.tally.best_value, self.tally.best_number = value, event["number"]
-            self.tally.history.append(event)
-            self._next(worker)
-        self.on_event(self.tally, event)
+            worker.trial = None
+            self.failed_here += event["state"] == "FAIL"
+        if kind in ("ready", "finished"):
+            self._go_on(worker)
+        self.on_event(event)
 
-    def run(self) -> Tally:
+    def run(self) -> None:
         try:
             for slot in self.slots:
-                worker = start_worker(slot, self.spec_path, self.log_dir, self.threads)
-                self.workers.append(worker)
-                self.selector.register(worker.events, selectors.EVENT_READ, worker)
+                self._start(slot)
             while any(not worker.done for worker in self.workers):
                 for key, _ in self.selector.select(timeout=1.0):
                     worker = key.data
                     line = worker.events.readline()
-                    if not line:  # the worker closed its end: it exited
+                    if line:
+                        self._handle(worker, json.loads(line))
+                    else:  # the worker closed its end: it exited
                         self._retire(worker)
-                        continue
-                    self._handle(worker, json.loads(line))
-                for worker in self.workers:
+                for worker in list(self.workers):
                     if not worker.done and worker.process.poll() is not None:
                         self._retire(worker)
         finally:
             self.shutdown()
-        return self.tally
 
     def _retire(self, worker: Worker) -> None:
         if worker.done:
@@ -230,31 +214,38 @@ class Scheduler:
         self.selector.unregister(worker.events)
         worker.events.close()
         code = worker.process.wait()
-        if code != 0 and self.stop_reason is None:
-            self.stop_reason = (
-                f"worker {worker.slot.index} exited with code {code}: see {worker.log_path}"
+        if code == 0 and worker.trial is None:
+            return
+        if not worker.ready:  # it could not even start: another would fail the same way
+            self.stop_reason = self.stop_reason or (
+                f"worker {worker.slot.index} exited with code {code} while starting: "
+                f"see {worker.log_path}"
             )
+            return
+        # Killed (or crashed) mid-trial: fail that trial, then carry on with a fresh worker.
+        if worker.trial is not None:
+            self.failed_here += 1
+            self.on_worker_lost(worker.trial)
+            self.on_event({"event": "lost", "number": worker.trial, "code": code})
+        if not self.stop_reason:
+            self.replaced += 1
+            self._start(worker.slot)
 
-    def shutdown(self, timeout_s: float = 10) -> None:
+    def shutdown(self, grace_s: float = 10) -> None:
+        """Stop every worker: ask, then SIGTERM (runs close KILLED), then SIGKILL."""
         for worker in self.workers:
             if worker.process.poll() is None:
                 worker.send("stop")
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
         for worker in self.workers:
             try:
-                worker.process.wait(timeout=timeout_s)
+                worker.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait()
             if not worker.done:
                 worker.done = True
-                with _suppress():
+                with contextlib.suppress(KeyError, ValueError, OSError):
                     self.selector.unregister(worker.events)
-                    worker.events.close()
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
+                worker.events.close()

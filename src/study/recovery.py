@@ -1,0 +1,74 @@
+"""Recovering from dead workers: fail their trials and runs, and retry their parameters."""
+
+from __future__ import annotations
+
+import contextlib
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from study.quota import StudyLock, owner_is_gone, retries_of, retry_trial
+
+RUNNING = optuna.trial.TrialState.RUNNING
+
+
+def close_trial_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, number: int, reason: str
+) -> None:
+    """Close the trial's MLflow runs still RUNNING as KILLED, saying why."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.trial_number = '{number}' and tags.mlflow.parentRunId = '{parent_run_id}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "trial_state", "FAIL")
+        client.set_tag(run.info.run_id, "error", reason)
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+class Recovery:
+    """What the sweep's parent does about trials whose worker is gone."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        lock: StudyLock,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        retries: int,
+    ) -> None:
+        self.study = study
+        self.lock = lock
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.retries = retries
+        self.retried = 0
+
+    def fail(self, number: int, reason: str) -> None:
+        """Fail trial `number` (if still RUNNING) and its runs; queue a retry if allowed."""
+        trial = self.study.get_trials(deepcopy=False)[number]
+        if trial.state == RUNNING:
+            with contextlib.suppress(ValueError, RuntimeError):  # another host got there first
+                self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+        close_trial_runs(self.client, self.experiment_id, self.parent_run_id, number, reason)
+        origin = trial.user_attrs.get("retry_of", number)
+        if retries_of(self.study, origin) < self.retries:
+            retry_trial(self.study, trial, self.lock)
+            self.retried += 1
+
+    def worker_lost(self, number: int) -> None:
+        self.fail(number, "its worker process died (killed or crashed)")
+
+    def fail_orphans(self) -> int:
+        """Fail RUNNING trials whose worker on this host is gone (a dead sweep, or ours)."""
+        orphans = [
+            t for t in self.study.get_trials(deepcopy=False, states=(RUNNING,)) if owner_is_gone(t)
+        ]
+        for trial in orphans:
+            self.fail(trial.number, "left RUNNING by a sweep that died")
+        return len(orphans)
