@@ -44,9 +44,9 @@ class StudyLock:
         if storage_url.startswith("postgresql"):
             self.lock_path: Path | None = None
         elif storage_url.startswith("sqlite:///"):
-            self.lock_path = Path(storage_url.removeprefix("sqlite:///") + ".lock")
+            self.lock_path = Path(storage_url.removeprefix("sqlite:///") + ".claims.lock")
         elif "://" not in storage_url:
-            self.lock_path = Path(storage_url).expanduser().with_suffix(".lock")
+            self.lock_path = Path(f"{Path(storage_url).expanduser()}.claims.lock")
         else:  # another database server: its own transactions are all we have
             self.lock_path = None
 

@@ -13,11 +13,12 @@ composed exactly like a run from the command line, and its overrides rerun it.
 
 from __future__ import annotations
 
+import fcntl
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -181,10 +182,34 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     path = Path(url).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path))
+        backend = JournalFileBackend(str(path), lock_obj=FlockLock(f"{path}.lock"))  # type: ignore[arg-type]
     except OSError as error:
         raise UserError(f"sweep.storage={shown!r} cannot be written: {error.strerror}") from error
     return optuna.storages.JournalStorage(backend)
+
+
+class FlockLock:
+    """The journal file's lock, held with flock(2): the kernel frees it when its holder dies.
+
+    Optuna's default lock is a lock file that a SIGKILLed worker leaves behind; every other
+    worker then waits out a 30 s grace period before breaking it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        handle = open(self.path, "a")  # noqa: SIM115  # held until release()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

@@ -51,7 +51,9 @@ def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     folder.mkdir(parents=True, exist_ok=True)
-    saved = []
+    saved: list[Path] = []
+    if best_trial(study) is None:
+        return saved  # every plot needs at least one complete trial
     for name, function in PLOTS.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -21,6 +21,8 @@ from typing import IO, Any
 
 from study.errors import UserError
 
+MAX_REPLACEMENTS_PER_SLOT = 3
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -216,7 +218,7 @@ class Scheduler:
         code = worker.process.wait()
         if code == 0 and worker.trial is None:
             return
-        if not worker.ready:  # it could not even start: another would fail the same way
+        if not worker.ready and code > 0:  # it failed to start: another would fail the same way
             self.stop_reason = self.stop_reason or (
                 f"worker {worker.slot.index} exited with code {code} while starting: "
                 f"see {worker.log_path}"
@@ -227,6 +229,8 @@ class Scheduler:
             self.failed_here += 1
             self.on_worker_lost(worker.trial)
             self.on_event({"event": "lost", "number": worker.trial, "code": code})
+        if self.replaced >= MAX_REPLACEMENTS_PER_SLOT * len(self.slots):
+            self.stop_reason = self.stop_reason or f"workers died {self.replaced} times: giving up"
         if not self.stop_reason:
             self.replaced += 1
             self._start(worker.slot)
