@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -20,10 +23,12 @@ from study.cli import CONF_DIR
 from study.data import Batches
 from study.experiment import resolved_config, run_one
 from study.nets import mlp
+from study.paths import PROJECT_ROOT
+from study.search import make_storage
 from study.train import PreparedData, fit, prepare_data, seed_everything
 from study.validate import validate
 
-SECTIONS = ["core"]
+SECTIONS = ["core", "sweep"]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -126,6 +131,96 @@ def bench_core(repeats: int) -> None:
         )
 
 
+def run_study(folder: Path, name: str, *overrides: str) -> optuna.Study:
+    """A real `scripts/run.py -m sweep` in a subprocess; returns the finished study."""
+    storage = folder / f"{name}.journal"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "scripts" / "run.py"),
+        "-m",
+        "sweep",
+        f"sweep.study_name={name}",
+        f"sweep.storage={storage}",
+        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+        f"hydra.sweep.dir={folder / name}",
+        *overrides,
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+    if completed.returncode != 0:
+        raise SystemExit(
+            f"study {name} failed:\n{completed.stdout[-2000:]}{completed.stderr[-2000:]}"
+        )
+    return optuna.load_study(study_name=name, storage=make_storage(str(storage)))
+
+
+def trial_span(study: optuna.Study) -> float:
+    """Seconds from the first trial's start to the last one's end: worker start-up excluded."""
+    trials = [t for t in study.trials if t.datetime_start and t.datetime_complete]
+    first = min(t.datetime_start for t in trials if t.datetime_start)
+    last = max(t.datetime_complete for t in trials if t.datetime_complete)
+    return (last - first).total_seconds()
+
+
+def bench_sweep() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        common = [
+            "sweep.sampler=random",
+            "sweep.pruner=none",
+            "trainer.max_epochs=20",
+            "trainer.early_stopping.enabled=false",
+        ]
+        rates = {}
+        for workers in (1, 2):
+            study = run_study(
+                folder,
+                f"workers{workers}",
+                f"sweep.workers={workers}",
+                "sweep.n_trials=10",
+                *common,
+            )
+            rates[workers] = len(study.trials) / trial_span(study) * 60
+            if workers == 1:
+                fit = statistics.mean(t.user_attrs["fit_seconds"] for t in study.trials)
+                per_trial = trial_span(study) / len(study.trials)
+        print(
+            f"study throughput, lecture MLP, 10 trials x 20 epochs: 1 worker "
+            f"{rates[1]:.1f} trials/min, 2 workers {rates[2]:.1f} trials/min: "
+            f"{rates[2] / rates[1]:.2f}x (target >= 1.7x)"
+        )
+        print(
+            f"fixed cost per trial beyond its training steps (1 worker): "
+            f"{per_trial - fit:.3f} s ({per_trial:.3f} s per trial, {fit:.3f} s in fit) "
+            "(target <= 0.3 s)"
+        )
+
+        pruning = {}
+        for pruner in ("median", "none"):
+            study = run_study(
+                folder,
+                f"pruner_{pruner}",
+                f"sweep.pruner={pruner}",
+                "sweep.n_trials=30",
+                "sweep.workers=2",
+                "sweep.seed=7",
+                "trainer.max_epochs=40",
+                "trainer.early_stopping.enabled=false",
+            )
+            epochs = sum(int(t.user_attrs.get("epochs", 0)) for t in study.trials)
+            pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+            pruning[pruner] = (epochs, study.best_value, pruned)
+        (with_epochs, with_best, pruned), (without_epochs, without_best, _) = (
+            pruning["median"],
+            pruning["none"],
+        )
+        print(
+            f"30-trial study, seed 7, 2 workers: median pruner {with_epochs} epochs "
+            f"({pruned} pruned), best val/loss {with_best:.4f}; no pruner {without_epochs} "
+            f"epochs, best {without_best:.4f}: {1 - with_epochs / without_epochs:.0%} fewer "
+            "epochs (target >= 40%)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
@@ -137,4 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section {sorted(unknown)}: use any of {SECTIONS}")
     if "core" in sections:
         bench_core(args.repeats)
+    if "sweep" in sections:
+        bench_sweep()
     return 0

@@ -40,7 +40,7 @@ from study.search import (
 from study.study_report import finish_parent_run
 from study.tracking import EXPERIMENT_KIND_TAG, Store, redact, runs_url
 from study.validate import validate
-from study.workers import Scheduler, Slot, Tally, device_slots
+from study.workers import Scheduler, Slot, Tally, device_slots, threads_per_worker
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class SweepPlan:
     metric: str
     max_failures: int
     retries: int
+    threads: int
     slots: list[Slot]
     params: list[Param]
     overrides: list[str]
@@ -106,6 +107,13 @@ def plan_sweep(
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     slots = device_slots(settings.workers, settings.trials_per_gpu, settings.devices)
+    threads = settings.get("threads_per_worker", 1)
+    if threads == "auto":
+        threads = threads_per_worker(len(slots))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(
+            f"sweep.threads_per_worker={threads!r} is out of range: use auto or an integer >= 1"
+        )
     validate(cfg)
     params = parse_space(OmegaConf.to_container(cfg.search), cfg, group_choices)  # type: ignore[arg-type]
     for ends in extreme_overrides(params):
@@ -129,6 +137,7 @@ def plan_sweep(
         metric=str(settings.metric),
         max_failures=max_failures,
         retries=retries,
+        threads=threads,
         slots=slots,
         params=params,
         overrides=list(overrides),
@@ -332,6 +341,7 @@ def run_sweep(
             plan.max_failures,
             on_event=progress.on_event,
             on_worker_lost=recovery.worker_lost,
+            threads=plan.threads,
         )
         if tally.finished < plan.n_trials:
             scheduler.run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class FitResult:
     baseline_loss: float  # training loss of the best constant predictor
     diagnosis: Diagnosis  # underfit / good / overfit / diverged, from the curves
     extra: dict[str, float] = field(default_factory=dict)
+    fit_seconds: float = 0.0  # wall time inside Lightning's fit (the training steps)
 
     @property
     def best(self) -> dict[str, float]:
@@ -171,7 +173,9 @@ def fit(
         default_root_dir=str(output_dir),
     )
     model = build_model(cfg, splits)
+    started = time.perf_counter()
     trainer.fit(model, EpochLoader(data.train_batches(splits), splits.val))
+    fit_seconds = time.perf_counter() - started
 
     model.to(device)  # Lightning's teardown moves a GPU model back to the CPU
     best_path = best_weights.restore_and_save(model, output_dir / "checkpoints" / "best.ckpt")
@@ -184,6 +188,7 @@ def fit(
         device=_device_name(device),
         data_fingerprint=splits.fingerprint,
         stopped_early=trainer.should_stop,
+        fit_seconds=fit_seconds,
         baseline_loss=baseline,
         diagnosis=diagnose_history(
             model.history, Thresholds.from_config(cfg.get("diagnosis")), baseline

@@ -122,6 +122,7 @@ class TrialRunner:
         trial.set_user_attr("mlflow_run_id", outcome.run_id)
         trial.set_user_attr("device", outcome.result.device)
         trial.set_user_attr("epochs", outcome.result.stopped_epoch)
+        trial.set_user_attr("fit_seconds", round(outcome.result.fit_seconds, 4))
         if reporter.stop_reason is not None:
             set_tags(
                 self.client,

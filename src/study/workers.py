@@ -151,6 +151,7 @@ class Scheduler:
         max_failures: int,
         on_event: Callable[[dict[str, Any]], None] = lambda event: None,
         on_worker_lost: Callable[[int], None] = lambda number: None,
+        threads: int | None = None,
     ) -> None:
         self.slots = slots
         self.spec_path = spec_path
@@ -158,7 +159,7 @@ class Scheduler:
         self.max_failures = max_failures
         self.on_event = on_event
         self.on_worker_lost = on_worker_lost
-        self.threads = threads_per_worker(len(slots))
+        self.threads = threads or threads_per_worker(len(slots))
         self.selector = selectors.DefaultSelector()
         self.workers: list[Worker] = []
         self.failed_here = 0
