@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,12 +164,14 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     shown = redact(url)
     if _RDB_URL.match(url):
         try:
-            return optuna.storages.RDBStorage(
-                database_url(url),
-                heartbeat_interval=10,
-                grace_period=30,
-                engine_kwargs=_engine_kwargs(url),
-            )
+            with warnings.catch_warnings():  # heartbeats are "experimental": one warning a start
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    database_url(url),
+                    heartbeat_interval=10,
+                    grace_period=30,
+                    engine_kwargs=_engine_kwargs(url),
+                )
         except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
             reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else ""
             raise UserError(
