@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from study.errors import UserError
+from study.errors import UserError, report
 from study.paths import CONF_DIR, redact
 
 DEFAULT_CONFIG = "train"
@@ -102,15 +102,14 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
         main(reported_task)()
         if user_errors:
             raise user_errors[0]
-    except UserError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return error.exit_code
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # UserError: one line; anything else: a masked traceback
+        return report(error)
     finally:
         sys.argv = saved_argv
     return 0

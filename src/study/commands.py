@@ -50,8 +50,7 @@ def run_main() -> int:
 def reproduce_main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from study.errors import UserError
-    from study.paths import redact
+    from study.errors import report
     from study.reproduce import reproduce
 
     parser = argparse.ArgumentParser(description="Rerun an MLflow run from what it logged.")
@@ -60,17 +59,16 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return reproduce(args.run_id, args.tracking_uri)
-    except UserError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return error.exit_code
+    except Exception as error:
+        return report(error)
 
 
 def ui_main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from study.errors import UserError
+    from study.errors import report
     from study.server import DEFAULT_EXPERIMENT, serve_ui
-    from study.tracking import Store, redact
+    from study.tracking import Store
 
     parser = argparse.ArgumentParser(description="Open the MLflow UI on the project's store.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
@@ -82,6 +80,5 @@ def ui_main(argv: list[str] | None = None) -> int:
         return serve_ui(
             Store.from_config(args.tracking_uri), args.host, args.port, args.experiment
         )
-    except UserError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return error.exit_code
+    except Exception as error:
+        return report(error)

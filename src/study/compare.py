@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.curves import Panel, plot_comparison
 from study.diagnosis import Diagnosis, Thresholds, diagnose_history
-from study.errors import UserError
+from study.errors import UserError, report
 from study.tracking import Store, redact
 
 # How a `-m compare` multirun tells its jobs (study.commands.train_job) the parent run: the
@@ -214,9 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if store.uri.startswith("sqlite:///") and not database.is_file():
             raise UserError(f"no MLflow store at {database}: pass --tracking-uri")
         runs = compare_runs(store.client(), args.run_ids, args.output, store.uri)
-    except UserError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return error.exit_code
+    except Exception as error:
+        return report(error)
     print(table(runs))
     print(f"figure: {args.output}")
     return 0

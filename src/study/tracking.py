@@ -25,12 +25,17 @@ from study.paths import PROJECT_ROOT, database_url, redact
 for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
+# An unreachable server: urllib3 warns at each retry; we report it once, as one error line.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
 # Artifact downloads draw a progress bar per file: noise in logs and captured output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # MLflow retries an unreachable server for minutes by default; say so within seconds instead.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+_DATABASE = re.compile(r"^(postgresql|mysql|mssql)(\+\w+)?://")
 
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
@@ -52,9 +57,7 @@ class Store:
         if uri.startswith("sqlite:///"):
             db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
             return cls(f"sqlite:///{db}", db.parent)
-        if re.match(r"^(https?|postgresql|mysql|mssql)(\+\w+)?://", uri) or uri.startswith(
-            "databricks"
-        ):
+        if _DATABASE.match(uri) or re.match(r"^https?://", uri) or uri.startswith("databricks"):
             return cls(database_url(uri), None)
         raise UserError(
             f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
@@ -63,8 +66,31 @@ class Store:
 
     def client(self) -> MlflowClient:
         if self.artifact_root is not None:
-            self.artifact_root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.artifact_root.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise UserError(
+                    f"tracking.uri={self.uri!r}: its folder cannot be created: {error.strerror}"
+                ) from error
+        if self.artifact_root is not None or _DATABASE.match(self.uri):
+            self._connect_once()
         return MlflowClient(tracking_uri=self.uri)
+
+    def _connect_once(self) -> None:
+        """Fail in seconds: MLflow retries a database it cannot reach for ~100 s, then raises."""
+        import sqlalchemy
+
+        connect_args = {"connect_timeout": 10} if self.uri.startswith("postgresql") else {}
+        try:
+            engine = sqlalchemy.create_engine(
+                self.uri, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
+            )
+            with engine.connect():
+                pass
+        except Exception as error:  # driver errors: host, port, password, missing database
+            raise UserError(
+                f"tracking.uri={redact(self.uri)!r} cannot be reached: {_first_line(error)}"
+            ) from error
 
     def experiment_id(self, client: MlflowClient, name: str) -> str:
         """The id of experiment `name`, created (model-training view, local artifacts) if new."""
