@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -57,6 +58,7 @@ class SweepPlan:
     metric: str
     max_failures: int
     retries: int
+    heartbeat_s: int
     threads: int
     slots: list[Slot]
     params: list[Param]
@@ -106,6 +108,7 @@ def plan_sweep(
     retries = settings.get("retries", 1)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
+    heartbeat_s = _positive_int(settings, "heartbeat_s")
     slots = device_slots(settings.workers, settings.trials_per_gpu, settings.devices)
     threads = settings.get("threads_per_worker", 1)
     if threads == "auto":
@@ -137,6 +140,7 @@ def plan_sweep(
         metric=str(settings.metric),
         max_failures=max_failures,
         retries=retries,
+        heartbeat_s=heartbeat_s,
         threads=threads,
         slots=slots,
         params=params,
@@ -149,7 +153,7 @@ def plan_sweep(
 
 
 def open_study(plan: SweepPlan) -> optuna.Study:
-    storage = make_storage(plan.storage_url)
+    storage = make_storage(plan.storage_url, plan.heartbeat_s)
     study = optuna.create_study(
         study_name=plan.study_name,
         storage=storage,
@@ -169,7 +173,10 @@ def open_study(plan: SweepPlan) -> optuna.Study:
 def open_parent_run(
     study: optuna.Study, store: Store, client: MlflowClient, plan: SweepPlan, cfg: DictConfig
 ) -> tuple[str, str]:
-    """The study's MLflow parent run: created once, reopened when the study resumes."""
+    """The study's MLflow parent run: created once, reopened when the study resumes.
+
+    Hosts starting at once call this under the study's lock, so only the first creates it.
+    """
     experiment_id = store.experiment_id(client, plan.study_name)
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
@@ -191,7 +198,9 @@ def open_parent_run(
     return experiment_id, run.info.run_id
 
 
-def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) -> Path:
+def write_spec(
+    plan: SweepPlan, experiment_id: str, parent_run_id: str, tracking_uri: str | None
+) -> Path:
     spec = {
         "study_name": plan.study_name,
         "storage": plan.storage_url,
@@ -205,9 +214,12 @@ def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) ->
         "config_name": plan.config_name,
         "conf_dir": plan.conf_dir,
         "sweep_dir": str(plan.sweep_dir),
+        "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
         "tracking_uri": tracking_uri,
         "n_trials": plan.n_trials,
+        "retries": plan.retries,
+        "heartbeat_s": plan.heartbeat_s,
         "params": [
             {
                 "path": p.path,
@@ -219,8 +231,11 @@ def write_spec(plan: SweepPlan, parent_run_id: str, tracking_uri: str | None) ->
     }
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     path = plan.sweep_dir / ".worker_spec.json"
-    path.write_text(json.dumps(spec))
-    path.chmod(0o600)  # it may hold a storage URL with a password
+    # It holds the real URLs (workers connect with them): readable by its owner only, from the
+    # first byte on (chmod after writing would leave a moment where others may read it).
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(json.dumps(spec))
     return path
 
 
@@ -311,10 +326,12 @@ def run_sweep(
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan)
-    experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
+    lock = StudyLock(plan.storage_url, plan.study_name)
+    with lock.held():  # hosts starting at the same moment: one parent run for the study
+        experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
     recovery = Recovery(
         study,
-        StudyLock(plan.storage_url, plan.study_name),
+        lock,
         client,
         experiment_id,
         parent_run_id,
@@ -336,7 +353,7 @@ def run_sweep(
         )
         scheduler = Scheduler(
             plan.slots,
-            write_spec(plan, parent_run_id, cfg.tracking.uri),
+            write_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri),
             plan.sweep_dir,
             plan.max_failures,
             on_event=progress.on_event,

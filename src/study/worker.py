@@ -26,6 +26,7 @@ from study.errors import UserError
 from study.experiment import run_one
 from study.paths import redact
 from study.quota import HeartbeatThread, StudyLock, claim_trial
+from study.recovery import StaleTrialCallback
 from study.search import Param, make_pruner, make_sampler, make_storage
 from study.tasks import epoch_history
 from study.tracking import Store, set_tags
@@ -97,7 +98,7 @@ class TrialRunner:
         trial.set_user_attr("device", os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu")
         sampled = [param.suggest(trial) for param in self.params]
         overrides = [*self.spec["overrides"], *sampled]
-        trial.set_user_attr("overrides", overrides)
+        trial.set_user_attr("overrides", [redact(item) for item in overrides])  # no passwords
         output_dir = Path(self.spec["sweep_dir"]) / f"trial_{trial.number}"
         trial.set_user_attr("output_dir", str(output_dir))
         maximize = self.spec["direction"] == "maximize"
@@ -176,9 +177,12 @@ def main(argv: list[str]) -> int:
     die_with_parent()
     with os.fdopen(events_fd, "w", buffering=1) as events:
         runner = TrialRunner(spec, index, events)
+        on_stale = StaleTrialCallback(
+            runner.client, spec["experiment_id"], spec["parent_run_id"], spec["retries"]
+        )
         study = optuna.load_study(
             study_name=spec["study_name"],
-            storage=make_storage(spec["storage"]),
+            storage=make_storage(spec["storage"], spec["heartbeat_s"], on_stale),
             sampler=make_sampler(spec["sampler"], spec["seed"] + index),
             pruner=make_pruner(spec["pruner"], spec["max_epochs"]),
         )
