@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.errors import UserError
 from study.experiment import CONFIG_ARTIFACT, run_one
 from study.tracking import Store, redact
+from study.validate import check_stored_config
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
 CURVES = ("train/loss", "val/loss")  # compared epoch by epoch, not only at the end
@@ -41,12 +42,20 @@ def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictC
                 f"run {run_id} has no logged {CONFIG_ARTIFACT}: it was not "
                 "recorded by study, so it cannot be rebuilt"
             ) from error
-        cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
+        try:
+            cfg = OmegaConf.load(path)  # YAML only: no code runs while it is read
+        except Exception as error:  # yaml/omegaconf parse errors of an edited file
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(
+                f"run {run_id}: its {CONFIG_ARTIFACT} cannot be read: {reason}"
+            ) from error
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"run {run_id}: its {CONFIG_ARTIFACT} is not a mapping of config keys")
+    check_stored_config(cfg, f"run {run_id}'s {CONFIG_ARTIFACT}")
     experiment = client.get_experiment(run.info.experiment_id)
     cfg.tracking.experiment = experiment.name
     threads = run.data.tags.get("torch.threads")
-    if threads:
+    if threads and threads.isdigit() and int(threads) > 0:
         # Float sums split across a different number of threads round differently.
         torch.set_num_threads(int(threads))
     return cfg, run.data.tags.get("mlflow.runName", run_id)

@@ -123,3 +123,53 @@ def _validate(cfg: DictConfig) -> None:
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+# The modules whose classes our configs build with `_target_` (see conf/). A config read back
+# from a store may have been edited by anyone who can write there: it may name only these.
+TRUSTED_MODULES = ("study.data", "study.tasks", "torch.optim")
+
+
+def check_stored_config(cfg: DictConfig, source: str) -> None:
+    """UserError unless every `_target_` in `cfg` is a class of TRUSTED_MODULES.
+
+    A logged config is resolved, so an interpolation (`${oc.env:...}`) is refused as well: it
+    would read the environment of whoever reruns the run.
+    """
+    _check_node(OmegaConf.to_container(cfg, resolve=False), source, "")
+
+
+def _check_node(node: Any, source: str, path: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}{key}"
+            if key == "_target_" and not _trusted_class(value):
+                raise UserError(
+                    f"{source}: {where}={value!r} is not a class of "
+                    f"{', '.join(f'{m}.*' for m in TRUSTED_MODULES)}: refusing to build it "
+                    "(the config was edited after it was logged)"
+                )
+            _check_node(value, source, f"{where}.")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            _check_node(item, source, f"{path}{index}.")
+    elif isinstance(node, str) and "${" in node:
+        raise UserError(
+            f"{source}: {path.rstrip('.')}={node!r} is an interpolation; a logged config is "
+            "resolved (the config was edited after it was logged)"
+        )
+
+
+def _trusted_class(target: object) -> bool:
+    """Whether `target` names a class defined in a trusted module (not one it imported)."""
+    import importlib
+
+    if not isinstance(target, str):
+        return False
+    module_name, _, name = target.rpartition(".")
+    if module_name not in TRUSTED_MODULES or not name.isidentifier() or name.startswith("_"):
+        return False
+    found = getattr(importlib.import_module(module_name), name, None)
+    return isinstance(found, type) and (
+        found.__module__ == module_name or found.__module__.startswith(f"{module_name}.")
+    )
