@@ -75,10 +75,18 @@ def ui_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to open")
+    parser.add_argument(
+        "--artifacts",
+        help="a database store's artifact folder or bucket URI (default: ./mlartifacts)",
+    )
     args = parser.parse_args(argv)
     try:
         return serve_ui(
-            Store.from_config(args.tracking_uri), args.host, args.port, args.experiment
+            Store.from_config(args.tracking_uri),
+            args.host,
+            args.port,
+            args.experiment,
+            args.artifacts,
         )
     except Exception as error:
         return report(error)

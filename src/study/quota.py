@@ -17,12 +17,16 @@ import hashlib
 import os
 import socket
 import threading
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat
 
+from study.paths import database_url
 from study.search import FINISHED
 
 COUNTED = (*FINISHED, optuna.trial.TrialState.RUNNING)
@@ -70,8 +74,11 @@ class StudyLock:
         import sqlalchemy
 
         if self._connection is None:
-            url = sqlalchemy.engine.make_url(self.storage_url).set(drivername="postgresql")
-            engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            engine = sqlalchemy.create_engine(
+                database_url(self.storage_url),  # psycopg2: SQLAlchemy's default is psycopg 3
+                poolclass=sqlalchemy.pool.NullPool,
+                connect_args={"connect_timeout": 10},
+            )
             self._connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         self._connection.execute(
             sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self.key}
@@ -89,14 +96,36 @@ def counted_trials(study: optuna.Study) -> int:
 
 
 def claim_trial(study: optuna.Study, n_trials: int, lock: StudyLock) -> optuna.Trial | None:
-    """Start one of the study's n_trials in this worker; None when all are taken."""
-    with lock.held():
-        if counted_trials(study) >= n_trials:
-            return None
-        trial = study.ask()
-        trial.set_user_attr("host", HOST)
-        trial.set_user_attr("pid", os.getpid())
-        return trial
+    """Start one of the study's n_trials in this worker; None when all are taken.
+
+    With heartbeats (RDB storages), trials whose worker went silent are failed first (their
+    retries queued by the storage's stale-trial callback), and while the last trials run
+    elsewhere this waits: one of them may yet fail, on a host that will never retry it.
+    """
+    heartbeat = _heartbeat_interval(study)
+    while True:
+        with lock.held():
+            if heartbeat:
+                with warnings.catch_warnings():  # "experimental"
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            counted = study.get_trials(deepcopy=False, states=COUNTED)
+            if len(counted) < n_trials:
+                trial = study.ask()
+                if heartbeat:  # stale-able from now on, even if we die before the first beat
+                    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+                trial.set_user_attr("host", HOST)
+                trial.set_user_attr("pid", os.getpid())
+                return trial
+            if not heartbeat or all(t.state in FINISHED for t in counted):
+                return None
+        time.sleep(heartbeat)
+
+
+def _heartbeat_interval(study: optuna.Study) -> int | None:
+    # A study's RDBStorage is wrapped (in optuna's _CachedStorage): ask for the interface.
+    storage = study._storage
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
 
 
 class HeartbeatThread:
@@ -107,11 +136,10 @@ class HeartbeatThread:
         self.trial_id = trial._trial_id
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
-        if isinstance(self.storage, optuna.storages.RDBStorage):
-            interval = self.storage.get_heartbeat_interval()
-            if interval:
-                self.thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
-                self.thread.start()
+        interval = _heartbeat_interval(study)
+        if interval:
+            self.thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+            self.thread.start()
 
     def _beat(self, interval: float) -> None:
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -52,12 +53,16 @@ class Recovery:
     def fail(self, number: int, reason: str) -> None:
         """Fail trial `number` (if still RUNNING) and its runs; queue a retry if allowed."""
         trial = self.study.get_trials(deepcopy=False)[number]
+        failed_here = False
         if trial.state == RUNNING:
             with contextlib.suppress(ValueError, RuntimeError):  # another host got there first
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+                failed_here = True
         close_trial_runs(self.client, self.experiment_id, self.parent_run_id, number, reason)
+        # Whoever failed it retries it: a trial told COMPLETE just before its worker died, or
+        # failed as stale by another host (which queued its retry), is not retried again.
         origin = trial.user_attrs.get("retry_of", number)
-        if retries_of(self.study, origin) < self.retries:
+        if failed_here and retries_of(self.study, origin) < self.retries:
             retry_trial(self.study, trial, self.lock)
             self.retried += 1
 
@@ -72,3 +77,31 @@ class Recovery:
         for trial in orphans:
             self.fail(trial.number, "left RUNNING by a sweep that died")
         return len(orphans)
+
+
+class StaleTrialCallback:
+    """Called by the RDB storage on each trial whose heartbeat stopped (its host died): close
+    the trial's MLflow runs KILLED, then let Optuna queue a retry with its parameters."""
+
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, parent_run_id: str, retries: int
+    ) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        with warnings.catch_warnings():  # "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with contextlib.suppress(Exception):  # an unreachable MLflow must not block the retry
+            close_trial_runs(
+                self.client,
+                self.experiment_id,
+                self.parent_run_id,
+                trial.number,
+                f"its worker on {trial.user_attrs.get('host', '?')} stopped sending heartbeats",
+            )
+        # The retry copies the user attrs: retry_of names the first trial, as for local retries.
+        trial.user_attrs.setdefault("retry_of", trial.number)
+        self.retry(study, trial)

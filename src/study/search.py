@@ -13,10 +13,11 @@ composed exactly like a run from the command line, and its overrides rerun it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -159,17 +160,27 @@ def default_storage(study_name: str) -> str:
     return str(PROJECT_ROOT / "mlruns" / "optuna" / f"{study_name}.journal")
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage from a URL (RDB) or a file path (journal); UserError if unusable."""
+def make_storage(
+    url: str,
+    heartbeat_s: int = 10,
+    on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL (RDB) or a file path (journal); UserError if unusable.
+
+    An RDB storage records heartbeats every `heartbeat_s` seconds; a trial silent for three
+    times that is stale, and whoever fails it (quota.claim_trial) calls `on_stale` on it.
+    """
     shown = redact(url)
     if _RDB_URL.match(url):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental": one warning a start
+            with _schema_lock(url), warnings.catch_warnings():
+                # heartbeats are "experimental": one warning a start
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     database_url(url),
-                    heartbeat_interval=10,
-                    grace_period=30,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=3 * heartbeat_s,
+                    heartbeat_stale_trial_callback=on_stale,
                     engine_kwargs=_engine_kwargs(url),
                 )
         except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
@@ -213,6 +224,32 @@ class FlockLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+_SCHEMA_LOCK_KEY = 0x5F0D7A5C4E3A  # any constant: one lock per database, held for seconds
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hosts opening a fresh PostgreSQL database at once would race to create Optuna's tables
+    (duplicate key errors): they take turns on an advisory lock while the storage opens."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        database_url(url), poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(url)
+    )
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        lock = sqlalchemy.text("SELECT pg_advisory_lock(:key)")
+        connection.execute(lock, {"key": _SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
+            connection.execute(unlock, {"key": _SCHEMA_LOCK_KEY})
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

@@ -16,8 +16,13 @@ from study.tracking import Store, runs_url
 DEFAULT_EXPERIMENT = "study"
 
 
-def server_command(store: Store, host: str, port: int) -> list[str]:
-    """`mlflow server` on the store: one worker and no job runner start it in seconds, not 20."""
+def server_command(store: Store, host: str, port: int, artifacts: str | None = None) -> list[str]:
+    """`mlflow server` on the store: one worker and no job runner start it in seconds, not 20.
+
+    On a database store (PostgreSQL: many machines) the server keeps the artifacts in
+    `artifacts` (a folder or a bucket URI) and proxies them: hosts upload through it and
+    need no shared folder.
+    """
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     command = [
         mlflow,
@@ -33,6 +38,8 @@ def server_command(store: Store, host: str, port: int) -> list[str]:
     ]
     if store.artifact_root is not None:
         command += ["--default-artifact-root", (store.artifact_root / "artifacts").as_uri()]
+    elif artifacts is not None:
+        command += ["--artifacts-destination", artifacts]
     return command
 
 
@@ -57,7 +64,11 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 
 def serve_ui(
-    store: Store, host: str = "127.0.0.1", port: int = 5000, experiment: str = DEFAULT_EXPERIMENT
+    store: Store,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    experiment: str = DEFAULT_EXPERIMENT,
+    artifacts: str | None = None,
 ) -> int:
     """Run the UI until Ctrl-C; print the link to the runs table once it answers."""
     client = store.client()
@@ -71,7 +82,7 @@ def serve_ui(
     else:
         print(f"MLflow UI bound to {host} (this machine only; --host to change)")
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    process = subprocess.Popen(server_command(store, host, port), env=server_env())
+    process = subprocess.Popen(server_command(store, host, port, artifacts), env=server_env())
     try:
         wait_until_up(url, process)
         print(f"runs: {runs_url(url, experiment_id)}", flush=True)
