@@ -143,7 +143,7 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 10)
+            n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 40)
         )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
