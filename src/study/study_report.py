@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from study.search import best_trial
 from study.tracking import log_metrics, redact, set_tags
 
-SWEEP_ONLY_KEYS = ("sweep.", "sweep=", "search", "hydra.", "hydra/")
+SWEEP_ONLY_KEYS = ("sweep.", "sweep=", "search", "hydra.sweep", "hydra/")
 PLOTS = {
     "optimization_history": "plot_optimization_history",
     "param_importances": "plot_param_importances",

@@ -58,6 +58,7 @@ class MLPTask(pl.LightningModule):
         self.net = mlp(in_features, out_features, list(hidden_sizes), activation, dropout)
         self.optimizer_factory = optimizer
         self.history: list[dict[str, float]] = []
+        self.baseline_loss = math.nan  # a constant predictor's training loss, set by fit()
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -173,6 +173,7 @@ def fit(
         default_root_dir=str(output_dir),
     )
     model = build_model(cfg, splits)
+    model.baseline_loss = baseline_loss(splits)  # callbacks judge divergence against it
     started = time.perf_counter()
     trainer.fit(model, EpochLoader(data.train_batches(splits), splits.val))
     fit_seconds = time.perf_counter() - started
@@ -180,7 +181,7 @@ def fit(
     model.to(device)  # Lightning's teardown moves a GPU model back to the CPU
     best_path = best_weights.restore_and_save(model, output_dir / "checkpoints" / "best.ckpt")
     test_metrics = model.evaluate(splits.test, "test")
-    baseline = baseline_loss(splits)
+    baseline = model.baseline_loss
     return FitResult(
         history=model.history,
         test_metrics=test_metrics,

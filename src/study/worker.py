@@ -39,17 +39,23 @@ class TrialReporter(pl.Callback):
     closed normally with its whole curve logged; the objective then tells Optuna it was pruned.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool) -> None:
+    def __init__(
+        self, trial: optuna.Trial, metric: str, maximize: bool, diverge_level: float = 3.0
+    ) -> None:
         self.trial = trial
         self.metric = metric
         self.maximize = maximize
+        self.diverge_level = diverge_level
         self.best: float | None = None
         self.stop_reason: str | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         row = epoch_history(pl_module)[-1]
         value = row.get(self.metric, math.nan)
-        if not math.isfinite(row["train/loss"]) or not math.isfinite(value):
+        # Exploding (the diagnosis's diverge_level x a constant predictor's loss) or NaN.
+        limit = self.diverge_level * getattr(pl_module, "baseline_loss", math.nan)
+        exploded = math.isfinite(limit) and row["train/loss"] > limit
+        if exploded or not math.isfinite(row["train/loss"]) or not math.isfinite(value):
             self.stop_reason = "diverged"
             trainer.should_stop = True
             return
@@ -102,7 +108,6 @@ class TrialRunner:
         output_dir = Path(self.spec["sweep_dir"]) / f"trial_{trial.number}"
         trial.set_user_attr("output_dir", str(output_dir))
         maximize = self.spec["direction"] == "maximize"
-        reporter = TrialReporter(trial, self.spec["metric"], maximize)
         tags = {
             "study": self.spec["study_name"],
             "trial_number": str(trial.number),
@@ -110,6 +115,8 @@ class TrialRunner:
             "worker": str(self.index),
         }
         cfg = self.compose_trial(sampled)
+        diverge_level = float(cfg.get("diagnosis", {}).get("diverge_level", 3.0))
+        reporter = TrialReporter(trial, self.spec["metric"], maximize, diverge_level)
         outcome = run_one(
             cfg,
             output_dir,

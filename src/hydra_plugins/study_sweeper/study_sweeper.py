@@ -29,6 +29,10 @@ class StudySweeper(Sweeper):
         main_source = next(s for s in hydra_cfg.runtime.config_sources if s.provider == "main")
         conf_dir = str(main_source.path).removeprefix("file://")
         choices = {str(k): v for k, v in hydra_cfg.runtime.choices.items()}
+        # Workers compose their trials themselves: hand them the --config-dir folders too.
+        extra = [s.path for s in hydra_cfg.runtime.config_sources if s.provider == "command-line"]
+        if extra:
+            arguments = [*arguments, f"hydra.searchpath=[{','.join(extra)}]"]
         run_sweep(
             self.config,
             arguments,
