@@ -21,7 +21,6 @@ from study.tracking import (
     flatten,
     log_metrics,
     redact,
-    set_tags,
     tracked_run,
 )
 from study.train import FitResult, fit, prepare_data
@@ -125,12 +124,16 @@ def run_one(
     ) as run_id:
         metrics_logger = MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s))
         result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
-        log_metrics(client, run_id, result.summary())
         fit_tags = {"fit": result.diagnosis.verdict, "fit.reason": result.diagnosis.reason}
-        set_tags(
+        log_metrics(  # one write for the final metrics and tags
             client,
             run_id,
-            {"data.fingerprint": result.data_fingerprint, "device": result.device, **fit_tags},
+            result.summary(),
+            tags={
+                "data.fingerprint": result.data_fingerprint,
+                "device": result.device,
+                **fit_tags,
+            },
         )
         curves = plot_curves(
             result.history,

@@ -209,10 +209,17 @@ class MetricsLogger(pl.Callback):
         self._last_flush = time.monotonic()
 
 
-def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float]) -> None:
+def log_metrics(
+    client: MlflowClient,
+    run_id: str,
+    values: Mapping[str, float],
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Final (step 0) metrics, and optionally tags, in one write."""
     now_ms = int(time.time() * 1000)
     metrics = [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
-    client.log_batch(run_id, metrics=metrics)
+    run_tags = [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
+    client.log_batch(run_id, metrics=metrics, tags=run_tags)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
