@@ -1,10 +1,11 @@
 """Hydra callback that keeps the passwords of tracking.uri and sweep.storage out of Hydra's output.
 
 Hydra saves the composed config and the command line of every job (`.hydra/config.yaml`,
-`hydra.yaml`, `overrides.yaml`, and `multirun.yaml` of a grid sweep) and quotes the overrides
-when a job fails. The job needs the real URLs, so they cannot be masked before it starts; the
-files are masked as soon as Hydra has written them, before the job runs, and the quoted
-overrides before Hydra prints them.
+`hydra.yaml`, `overrides.yaml`, and `multirun.yaml` of a grid sweep), logs each job's overrides
+when it launches them, and quotes them when a job fails. The job needs the real URLs, so they
+cannot be masked before it starts; the files are masked as soon as Hydra has written them,
+before the job runs, log records as they are made, and the quoted overrides before Hydra
+prints them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from study.paths import redact
+from study.paths import mask_log_records, redact
 
 SAVED = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
@@ -33,6 +34,9 @@ def mask_file(path: Path) -> None:
 
 
 class MaskCredentials(Callback):
+    def __init__(self) -> None:
+        mask_log_records()  # before Hydra logs the overrides of the jobs it launches
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra = config.hydra
         if hydra.output_subdir is not None:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from study.errors import UserError
-from study.tracking import Store, runs_url
+from study.tracking import Store, redact, runs_url
 
 DEFAULT_EXPERIMENT = "study"
 
@@ -24,18 +24,9 @@ def server_command(store: Store, host: str, port: int, artifacts: str | None = N
     need no shared folder.
     """
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    command = [
-        mlflow,
-        "server",
-        "--backend-store-uri",
-        store.uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    command = [mlflow, "server", "--host", host, "--port", str(port), "--workers", "1"]
+    if redact(store.uri) == store.uri:  # else server_env(store) passes it: `ps` shows argv to all
+        command += ["--backend-store-uri", store.uri]
     if store.artifact_root is not None:
         command += ["--default-artifact-root", (store.artifact_root / "artifacts").as_uri()]
     elif artifacts is not None:
@@ -43,8 +34,12 @@ def server_command(store: Store, host: str, port: int, artifacts: str | None = N
     return command
 
 
-def server_env() -> dict[str, str]:
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def server_env(store: Store | None = None) -> dict[str, str]:
+    """The server's environment; it carries the store's URI, which may hold a password."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if store is not None:
+        env["MLFLOW_BACKEND_STORE_URI"] = store.uri
+    return env
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -82,7 +77,7 @@ def serve_ui(
     else:
         print(f"MLflow UI bound to {host} (this machine only; --host to change)")
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    process = subprocess.Popen(server_command(store, host, port, artifacts), env=server_env())
+    process = subprocess.Popen(server_command(store, host, port, artifacts), env=server_env(store))
     try:
         wait_until_up(url, process)
         print(f"runs: {runs_url(url, experiment_id)}", flush=True)
