@@ -470,22 +470,54 @@ def test_every_trial_records_the_device_it_ran_on(device_sweep: Sweep) -> None:
         assert children[trial.number].data.tags["device"] == trial.user_attrs["device"]
 
 
+# --- search files of the user's own, outside conf/ (--config-dir) -------------------------
+
+# Dotted keys cannot be added to `search` from the command line (`+search.KEY=` takes top-level
+# keys only), so a user puts a search space of their own in a file and passes --config-dir.
+USER_SEARCH_FILES = {
+    # the default space with learning rates down to 1e-5: some trials learn nothing
+    "hopeless": "\n".join(
+        [
+            "optimizer.lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}",
+            "data.batch_size: {type: categorical, choices: [16, 32, 64, 128]}",
+            "model.dropout: {type: float, low: 0.0, high: 0.5}",
+        ]
+    ),
+    "unknown_path": "model.nope: {type: float, low: 0.0, high: 1.0}",
+    "reversed": "model.dropout: {type: float, low: 0.5, high: 0.1}",
+    "log_from_zero": "optimizer.lr: {type: float, low: 0.0, high: 0.1, log: true}",
+    "no_choices": "data.batch_size: {type: categorical, choices: []}",
+    "dropout_too_high": "model.dropout: {type: float, low: 0.0, high: 1.5}",
+}
+
+
+@pytest.fixture(scope="module")
+def user_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config dir holding search/<name>.yaml for each of USER_SEARCH_FILES."""
+    conf = tmp_path_factory.mktemp("conf")
+    (conf / "search").mkdir()
+    for name, text in USER_SEARCH_FILES.items():
+        (conf / "search" / f"{name}.yaml").write_text(text + "\n")
+    return conf
+
+
 # --- pruning: the median pruner against none, same seed ------------------------------------
 
 PRUNE_EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
-def pruning_sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sweep]:
+def pruning_sweeps(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) -> dict[str, Sweep]:
     """The same 6-trial study with the median pruner and with none, run side by side.
 
-    The random sampler (seed 0) draws learning rates down to 1e-4: with 5 complete trials to
+    The random sampler (seed 0) draws learning rates down to 1e-5: with 5 complete trials to
     compare against, the median pruner stops the hopeless 6th trial after its first epoch.
     """
 
     def launch(pruner: str) -> tuple[str, Sweep]:
         sweep = Sweep(tmp_path_factory.mktemp(f"pruner_{pruner}"))
         sweep.run(
+            "search=hopeless",
             f"sweep.pruner={pruner}",
             "sweep.sampler=random",
             "sweep.seed=0",
@@ -494,6 +526,7 @@ def pruning_sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sweep]
             *TINY,
             f"trainer.max_epochs={PRUNE_EPOCHS}",
             "trainer.early_stopping.enabled=false",
+            config_dir=user_conf,
         )
         return pruner, sweep
 
@@ -509,6 +542,15 @@ def test_the_median_pruner_prunes_a_hopeless_trial(pruning_sweeps: dict[str, Swe
     sweep = pruning_sweeps["median"]
     assert _pruned(sweep), [(t.number, t.state.name) for t in sweep.trials()]
     assert len(sweep.trials()) == 6
+
+
+def test_a_search_file_from_a_config_dir_reaches_the_workers(
+    pruning_sweeps: dict[str, Sweep],
+) -> None:
+    trials = pruning_sweeps["none"].trials()
+    assert all(t.state in FINISHED for t in trials)  # workers composed search=hopeless
+    lr = trials[0].distributions["optimizer.lr"]
+    assert (lr.low, lr.high, lr.log) == (1e-5, 1e-1, True)
 
 
 def test_a_pruned_trials_child_run_is_marked_pruned_with_its_shorter_curve(
@@ -562,14 +604,6 @@ def test_a_plain_hydra_grid_sweep_runs_one_single_run_per_value(tmp_path: Path) 
 
 # --- bad input: exit 2, one line, nothing written ------------------------------------------
 
-# Search files a user might write; dotted keys cannot be added from the command line.
-BAD_SEARCH_FILES = {
-    "unknown_path": "model.nope: {type: float, low: 0.0, high: 1.0}",
-    "reversed": "model.dropout: {type: float, low: 0.5, high: 0.1}",
-    "log_from_zero": "optimizer.lr: {type: float, low: 0.0, high: 0.1, log: true}",
-    "no_choices": "data.batch_size: {type: categorical, choices: []}",
-    "dropout_too_high": "model.dropout: {type: float, low: 0.0, high: 1.5}",
-}
 PASSWORD = "secret"
 # (id, overrides, fragments the error line must contain)
 BAD_INPUTS: list[tuple[str, list[str], list[str]]] = [
@@ -597,18 +631,14 @@ BAD_INPUTS: list[tuple[str, list[str], list[str]]] = [
 
 @pytest.fixture(scope="module")
 def bad_sweeps(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, user_conf: Path
 ) -> dict[str, tuple[Sweep, subprocess.CompletedProcess[str]]]:
     """Every bad input run once, two processes at a time."""
-    conf = tmp_path_factory.mktemp("conf")
-    (conf / "search").mkdir()
-    for name, text in BAD_SEARCH_FILES.items():
-        (conf / "search" / f"{name}.yaml").write_text(text + "\n")
 
     def launch(case: tuple[str, list[str], list[str]]) -> tuple[str, tuple[Sweep, Any]]:
         name, overrides, _ = case
         sweep = Sweep(tmp_path_factory.mktemp(name))
-        return name, (sweep, sweep.run(*overrides, *TINY, config_dir=conf, check=False))
+        return name, (sweep, sweep.run(*overrides, *TINY, config_dir=user_conf, check=False))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(launch, BAD_INPUTS))
