@@ -68,8 +68,11 @@ def test_a_study_whose_trials_all_fail_stops_after_max_failures(tmp_path: Path) 
     outcome = failing(tmp_path)
     assert outcome.runs_left_running == 0 and outcome.trials_left_running == 0
     assert "sweep.max_failures=3" in outcome.note and "exit 2" in outcome.note
-    runs = [r for r in Sweep(tmp_path).runs() if "trial_number" in r.data.tags]
-    assert runs and all(r.info.status == "FAILED" and r.data.tags.get("error") for r in runs)
+    # The device is missing before any run starts, so the reason lives on the trials.
+    failed = [t for t in Sweep(tmp_path).trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) >= 3
+    assert all("CUDA" in t.user_attrs.get("fail_reason", "") for t in failed)
+    assert all(r.info.status != "RUNNING" for r in Sweep(tmp_path).runs())
 
 
 def test_four_workers_and_a_hundred_trials_lose_no_run_and_no_metric(tmp_path: Path) -> None:
