@@ -234,7 +234,7 @@ def diverging(folder: Path) -> Outcome:
 
 
 def failing(folder: Path) -> Outcome:
-    """Every trial raises (no GPU here): the study stops after sweep.max_failures, clearly."""
+    """Every trial raises: the study stops after sweep.max_failures, and says why."""
     sweep = Sweep(
         folder,
         "faults",
@@ -243,6 +243,7 @@ def failing(folder: Path) -> Outcome:
         *TINY,
         "trainer.max_epochs=2",
         "trainer.accelerator=gpu",
+        "sweep.devices=[0]",  # a GPU this machine lacks: every trial raises in its worker
         "sweep.max_failures=3",
     )
     started = time.monotonic()

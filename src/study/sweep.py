@@ -110,6 +110,11 @@ def plan_sweep(
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     heartbeat_s = _positive_int(settings, "heartbeat_s")
     slots = device_slots(settings.workers, settings.trials_per_gpu, settings.devices)
+    if cfg.trainer.accelerator in ("gpu", "cuda") and all(slot.device is None for slot in slots):
+        raise UserError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible here: "
+            "use trainer.accelerator=auto or cpu (or list GPUs in sweep.devices)"
+        )
     threads = settings.get("threads_per_worker", 1)
     if threads == "auto":
         threads = threads_per_worker(len(slots))

@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping
 from study.curves import best_row
 from study.data import REGRESSION, Splits, TabularData
 from study.diagnosis import Diagnosis, Thresholds, diagnose_history
+from study.errors import UserError
 from study.tasks import EpochLoader, MLPTask, epoch_history
 
 # Lightning's advice about worker processes and small batch counts does not apply to batches
@@ -116,6 +117,11 @@ class PreparedData:
 
 
 def resolve_device(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
+            "use trainer.accelerator=auto or cpu"
+        )
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", 0)
     return torch.device("cpu")
