@@ -1,4 +1,5 @@
-"""Shared fixtures: the real conf/ composed with overrides, a private MLflow store, scripts/."""
+"""Shared fixtures: the real conf/ composed with overrides, a private MLflow store, scripts/,
+and the PostgreSQL server (databases made per test module and dropped after)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+
+from helpers import PG_HOST, PG_PORT, PostgresServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -61,3 +64,24 @@ def run_script(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]
         )
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    """The PostgreSQL server; skipped where it does not answer, except in CI (CI=...), where
+    the postgres tests must run: there a server that does not answer fails them."""
+    import psycopg2
+
+    errors = []
+    for user in ("postgres", "root"):
+        try:
+            psycopg2.connect(
+                host=PG_HOST, port=PG_PORT, user=user, dbname="postgres", connect_timeout=3
+            ).close()
+            return PostgresServer(user)
+        except psycopg2.OperationalError as error:
+            errors.append(f"{user}: {str(error).strip().splitlines()[0]}")
+    message = f"PostgreSQL on {PG_HOST}:{PG_PORT} does not answer ({'; '.join(errors)})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}: in CI the postgres tests must run", pytrace=False)
+    pytest.skip(f"{message}: start it to run the postgres tests")

@@ -1,11 +1,16 @@
-"""Helpers shared by tests: tiny-run overrides and the bad-input contract."""
+"""Helpers shared by tests: tiny-run overrides, the bad-input contract, the PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 # Tiny, fast runs: a few epochs on a small class.
 TINY = [
@@ -34,3 +39,42 @@ def all_runs(client: MlflowClient, statuses: Sequence[str] | None = None) -> lis
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, max_results=10_000) if experiments else []
     return [r for r in runs if statuses is None or r.info.status in statuses]
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """The PostgreSQL server on 127.0.0.1:5432 (trust auth), as an administrator sees it."""
+
+    user: str
+
+    def url(self, database: str, password: str | None = None) -> str:
+        login = f"{self.user}:{password}" if password else self.user
+        return f"postgresql://{login}@{PG_HOST}:{PG_PORT}/{database}"
+
+    def execute(self, sql: str, *args: object) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user=self.user, dbname="postgres", connect_timeout=3
+        )
+        connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, args or None)
+        finally:
+            connection.close()
+
+    @contextlib.contextmanager
+    def database(self, prefix: str = "study_test") -> Iterator[str]:
+        """A new empty database (its name), dropped afterwards even if still in use."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            self.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                name,
+            )
+            self.execute(f'DROP DATABASE IF EXISTS "{name}"')

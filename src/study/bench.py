@@ -1,17 +1,19 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
-python scripts/bench.py [core] [--repeats N]
+python scripts/bench.py [core] [sweep] [pg] [--repeats N] [--postgres ADMIN_URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -23,13 +25,13 @@ from study.cli import CONF_DIR
 from study.data import Batches
 from study.experiment import resolved_config, run_one
 from study.nets import mlp
-from study.paths import PROJECT_ROOT
+from study.paths import PROJECT_ROOT, database_url
 from study.search import make_storage
 from study.tracking import MetricsLogger, Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
 from study.validate import validate
 
-SECTIONS = ["core", "sweep"]
+SECTIONS = ["core", "sweep", "pg"]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -150,9 +152,12 @@ def bench_core(repeats: int) -> None:
         )
 
 
-def run_study(folder: Path, name: str, *overrides: str) -> optuna.Study:
-    """A real `scripts/run.py -m sweep` in a subprocess; returns the finished study."""
-    storage = folder / f"{name}.journal"
+def run_study(
+    folder: Path, name: str, *overrides: str, storage: str | None = None
+) -> optuna.Study:
+    """A real `scripts/run.py -m sweep` in a subprocess (storage: a journal file by default);
+    returns the finished study."""
+    storage = storage or str(folder / f"{name}.journal")
     command = [
         sys.executable,
         str(PROJECT_ROOT / "scripts" / "run.py"),
@@ -169,7 +174,7 @@ def run_study(folder: Path, name: str, *overrides: str) -> optuna.Study:
         raise SystemExit(
             f"study {name} failed:\n{completed.stdout[-2000:]}{completed.stderr[-2000:]}"
         )
-    return optuna.load_study(study_name=name, storage=make_storage(str(storage)))
+    return optuna.load_study(study_name=name, storage=make_storage(storage))
 
 
 def trial_span(study: optuna.Study) -> float:
@@ -240,10 +245,105 @@ def bench_sweep() -> None:
         )
 
 
+@contextlib.contextmanager
+def scratch_database(admin_url: str) -> Iterator[str]:
+    """A new PostgreSQL database (its URL) for one benchmark, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"study_bench_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(
+        database_url(admin_url), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool
+    )
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield str(sqlalchemy.engine.make_url(admin_url).set(database=name).render_as_string(False))
+    finally:
+        with engine.connect() as connection:
+            connection.execute(
+                sqlalchemy.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+def storage_calls_per_trial(storage_url: str, n_trials: int, epochs: int) -> float:
+    """Seconds a worker spends in the storage for one trial, replaying its calls (claim under
+    the study lock, heartbeat, 3 suggestions, a report and a pruning check per epoch, its
+    user attrs, tell, re-read) on the same kind of study (TPE, no pruner), no training."""
+    from study.quota import StudyLock, claim_trial
+    from study.search import make_pruner, make_sampler
+
+    name = f"replay_{uuid.uuid4().hex[:6]}"
+    study = optuna.create_study(
+        study_name=name,
+        storage=make_storage(storage_url),
+        sampler=make_sampler("tpe", 0),
+        pruner=make_pruner("none", epochs),
+    )
+    lock = StudyLock(storage_url, name)
+    start = time.perf_counter()
+    for _ in range(n_trials):
+        trial = claim_trial(study, n_trials, lock)
+        assert trial is not None
+        trial.set_user_attr("device", "cpu")
+        lr = trial.suggest_float("optimizer.lr", 1e-4, 1e-1, log=True)
+        trial.suggest_categorical("data.batch_size", [16, 32, 64, 128])
+        trial.suggest_float("model.dropout", 0.0, 0.5)
+        for key in ("overrides", "output_dir"):
+            trial.set_user_attr(key, key)
+        for epoch in range(epochs):
+            trial.report(lr / (epoch + 1), epoch)
+            trial.should_prune()
+        for key in ("mlflow_run_id", "device", "epochs", "fit_seconds"):
+            trial.set_user_attr(key, 1)
+        study.tell(trial, lr)
+        study.get_trials(deepcopy=False)
+    return (time.perf_counter() - start) / n_trials
+
+
+def bench_pg(admin_url: str) -> None:
+    """The same study (2 workers) on PostgreSQL and on the default journal file."""
+    epochs, n_trials = 20, 12
+    common = [
+        "sweep.workers=2",
+        f"sweep.n_trials={n_trials}",
+        "sweep.pruner=none",
+        f"trainer.max_epochs={epochs}",
+        "trainer.early_stopping.enabled=false",
+    ]
+    with tempfile.TemporaryDirectory() as folder_name, scratch_database(admin_url) as url:
+        folder = Path(folder_name)
+        print(f"storage, lecture MLP, {n_trials} trials x {epochs} epochs, 2 workers, TPE:")
+        for label, storage in (("journal file", str(folder / "j.journal")), ("PostgreSQL", url)):
+            study = run_study(folder, label.split()[0].lower(), *common, storage=storage)
+            trials = study.trials
+            rate = len(trials) / trial_span(study) * 60
+            wall = statistics.mean(
+                (t.datetime_complete - t.datetime_start).total_seconds()  # type: ignore[operator]
+                for t in trials
+            )
+            fit_s = statistics.mean(t.user_attrs["fit_seconds"] for t in trials)
+            in_storage = storage_calls_per_trial(storage, n_trials, epochs)
+            print(
+                f"  {label:<12} {rate:5.1f} trials/min; a trial {wall:.3f} s, {fit_s:.3f} s "
+                f"in fit, {wall - fit_s:.3f} s outside it; its storage calls "
+                f"{in_storage * 1e3:.0f} ms = {in_storage / wall:.1%} of the trial"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="pg: a PostgreSQL URL allowed to create (and drop) a scratch database",
+    )
     args = parser.parse_args(argv)
     sections = args.sections or SECTIONS
     unknown = set(sections) - set(SECTIONS)
@@ -253,4 +353,6 @@ def main(argv: list[str] | None = None) -> int:
         bench_core(args.repeats)
     if "sweep" in sections:
         bench_sweep()
+    if "pg" in sections:
+        bench_pg(args.postgres)
     return 0

@@ -104,11 +104,12 @@ def claim_trial(study: optuna.Study, n_trials: int, lock: StudyLock) -> optuna.T
     """
     heartbeat = _heartbeat_interval(study)
     while True:
-        with lock.held():
+        with lock.held(), warnings.catch_warnings():
+            # "experimental"; "supposed to be used with Study.optimize": we beat ourselves
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             if heartbeat:
-                with warnings.catch_warnings():  # "experimental"
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
+                optuna.storages.fail_stale_trials(study)
             counted = study.get_trials(deepcopy=False, states=COUNTED)
             if len(counted) < n_trials:
                 trial = study.ask()

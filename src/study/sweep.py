@@ -369,10 +369,13 @@ def run_sweep(
             scheduler.run()
         progress.close()
         print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
-        print(
-            f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
-            "(after python scripts/ui.py)"
-        )
+        if str(cfg.tracking.uri or "").startswith(("http://", "https://")):  # a server
+            print(f"browse: {runs_url(redact(cfg.tracking.uri), experiment_id)}")
+        else:
+            print(
+                f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
+                "(after python scripts/ui.py)"
+            )
         if scheduler.stop_reason is not None:
             raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
         status = "FINISHED"
