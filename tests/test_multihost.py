@@ -88,7 +88,7 @@ def tracking_server(
         with open(artifacts.parent / "mlflow_server.log", "wb") as log:
             process = subprocess.Popen(
                 server_command(store, "127.0.0.1", port, str(artifacts)),
-                env=server_env(),
+                env=server_env(store),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

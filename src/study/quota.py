@@ -118,7 +118,7 @@ def claim_trial(study: optuna.Study, n_trials: int, lock: StudyLock) -> optuna.T
                 trial.set_user_attr("host", HOST)
                 trial.set_user_attr("pid", os.getpid())
                 return trial
-            if not heartbeat or all(t.state in FINISHED for t in counted):
+            if not heartbeat or sum(t.state in FINISHED for t in counted) >= n_trials:
                 return None
         time.sleep(heartbeat)
 
