@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -24,8 +22,9 @@ from omegaconf import DictConfig
 from study.cli import CONF_DIR
 from study.data import Batches
 from study.experiment import resolved_config, run_one
+from study.harness import Sweep, trial_span
 from study.nets import mlp
-from study.paths import PROJECT_ROOT, database_url
+from study.paths import database_url
 from study.search import make_storage
 from study.tracking import MetricsLogger, Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
@@ -155,34 +154,8 @@ def bench_core(repeats: int) -> None:
 def run_study(
     folder: Path, name: str, *overrides: str, storage: str | None = None
 ) -> optuna.Study:
-    """A real `scripts/run.py -m sweep` in a subprocess (storage: a journal file by default);
-    returns the finished study."""
-    storage = storage or str(folder / f"{name}.journal")
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "scripts" / "run.py"),
-        "-m",
-        "sweep",
-        f"sweep.study_name={name}",
-        f"sweep.storage={storage}",
-        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-        f"hydra.sweep.dir={folder / name}",
-        *overrides,
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=folder)
-    if completed.returncode != 0:
-        raise SystemExit(
-            f"study {name} failed:\n{completed.stdout[-2000:]}{completed.stderr[-2000:]}"
-        )
-    return optuna.load_study(study_name=name, storage=make_storage(storage))
-
-
-def trial_span(study: optuna.Study) -> float:
-    """Seconds from the first trial's start to the last one's end: worker start-up excluded."""
-    trials = [t for t in study.trials if t.datetime_start and t.datetime_complete]
-    first = min(t.datetime_start for t in trials if t.datetime_start)
-    last = max(t.datetime_complete for t in trials if t.datetime_complete)
-    return (last - first).total_seconds()
+    """A real `scripts/run.py -m sweep` in a subprocess; returns the finished study."""
+    return Sweep(folder, name, *overrides, storage=storage).run_to_end()
 
 
 def bench_sweep() -> None:

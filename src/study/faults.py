@@ -11,8 +11,6 @@ import argparse
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,8 +21,7 @@ from pathlib import Path
 import optuna
 from mlflow.tracking import MlflowClient
 
-from study.paths import PROJECT_ROOT
-from study.search import FINISHED, make_storage
+from study.harness import Sweep
 
 TINY = ["data.n_samples=120", "model.hidden_sizes=[8]", "sweep.sampler=random"]
 # Long enough trials that a fault lands mid-trial.
@@ -56,89 +53,18 @@ class Outcome:
         )
 
 
-class Sweep:
-    """One study in a folder of its own, driven through scripts/run.py -m sweep."""
-
-    def __init__(self, folder: Path, name: str = "faults", *overrides: str) -> None:
-        self.folder = folder
-        self.name = name
-        self.storage = folder / f"{name}.journal"
-        self.tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
-        self.overrides = list(overrides)
-
-    def command(self, *extra: str) -> list[str]:
-        return [
-            sys.executable,
-            str(PROJECT_ROOT / "scripts" / "run.py"),
-            "-m",
-            "sweep",
-            f"sweep.study_name={self.name}",
-            f"sweep.storage={self.storage}",
-            f"tracking.uri={self.tracking_uri}",
-            f"hydra.sweep.dir={self.folder / self.name}",
-            *self.overrides,
-            *extra,
-        ]
-
-    def start(self, *extra: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(*extra),
-            cwd=self.folder,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-
-    def run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.command(*extra), cwd=self.folder, capture_output=True, text=True, timeout=timeout
-        )
-
-    def study(self) -> optuna.Study:
-        return optuna.load_study(study_name=self.name, storage=make_storage(str(self.storage)))
-
-    def trials(self) -> list[optuna.trial.FrozenTrial]:
-        return self.study().get_trials(deepcopy=False) if self.storage.exists() else []
-
-    def finished(self) -> int:
-        return sum(t.state in FINISHED for t in self.trials())
-
-    def running_trials(self) -> int:
-        return sum(t.state == optuna.trial.TrialState.RUNNING for t in self.trials())
-
-    def runs(self) -> list:
-        client = MlflowClient(self.tracking_uri)
-        experiment = client.get_experiment_by_name(self.name)
-        if experiment is None:
-            return []
-        return client.search_runs([experiment.experiment_id], max_results=10_000)
-
-    def runs_left_running(self) -> int:
-        return sum(run.info.status == "RUNNING" for run in self.runs())
-
-    def wait_for_running_trial(self, timeout: float = 120) -> int:
-        """Block until a trial has trained a few epochs; return its number."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for trial in self.trials():
-                if trial.state == optuna.trial.TrialState.RUNNING and trial.last_step:
-                    return trial.number
-            time.sleep(0.2)
-        raise TimeoutError("no trial started training")
-
-    def outcome(
-        self, scenario: str, expected: int, recover_s: float | None, note: str = ""
-    ) -> Outcome:
-        return Outcome(
-            scenario,
-            self.finished(),
-            expected,
-            self.runs_left_running(),
-            self.running_trials(),
-            recover_s,
-            note,
-        )
+def outcome_of(
+    sweep: Sweep, scenario: str, expected: int, recover_s: float | None, note: str = ""
+) -> Outcome:
+    return Outcome(
+        scenario,
+        sweep.finished(),
+        expected,
+        sweep.runs_left_running(),
+        sweep.running_trials(),
+        recover_s,
+        note,
+    )
 
 
 def kill_worker(folder: Path) -> Outcome:
@@ -152,7 +78,8 @@ def kill_worker(folder: Path) -> Outcome:
     retries = [t for t in sweep.trials() if t.user_attrs.get("retry_of") == number]
     starts = [t.datetime_start for t in retries if t.datetime_start is not None]
     recover = (starts[0] - killed_at).total_seconds() if starts else None
-    return sweep.outcome(
+    return outcome_of(
+        sweep,
         "worker SIGKILLed mid-trial",
         4,
         recover,
@@ -172,7 +99,8 @@ def interrupt(folder: Path, signum: int) -> Outcome:
     left = sweep.runs_left_running() + sweep.running_trials()
     resumed = sweep.run()
     name = signal.Signals(signum).name
-    return sweep.outcome(
+    return outcome_of(
+        sweep,
         f"sweep {name}, then rerun",
         4,
         exit_s,
@@ -195,7 +123,8 @@ def kill_sweep(folder: Path) -> Outcome:
     stale = sweep.running_trials()
     started = time.monotonic()
     resumed = sweep.run()
-    return sweep.outcome(
+    return outcome_of(
+        sweep,
         "sweep SIGKILLed (machine gone), then rerun",
         4,
         time.monotonic() - started,
@@ -225,7 +154,8 @@ def diverging(folder: Path) -> Outcome:
     started = time.monotonic()
     result = sweep.run()
     diverged = sum(run.data.tags.get("reason") == "diverged" for run in sweep.runs())
-    return sweep.outcome(
+    return outcome_of(
+        sweep,
         "learning rate far too large",
         6,
         time.monotonic() - started,
@@ -249,7 +179,8 @@ def failing(folder: Path) -> Outcome:
     started = time.monotonic()
     result = sweep.run()
     last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-    outcome = sweep.outcome(
+    outcome = outcome_of(
+        sweep,
         "every trial fails",
         0,
         time.monotonic() - started,
@@ -277,7 +208,8 @@ def load(folder: Path, n_trials: int = 100, workers: int = 4) -> Outcome:
     numbers = sorted(int(r.data.tags["trial_number"]) for r in children)
     whole = sum(len(client.get_metric_history(r.info.run_id, "val/loss")) == 2 for r in children)
     locked = "database is locked" in (result.stdout + result.stderr)
-    return sweep.outcome(
+    return outcome_of(
+        sweep,
         f"{workers} workers, {n_trials} short trials",
         n_trials,
         time.monotonic() - started,

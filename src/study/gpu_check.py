@@ -8,55 +8,34 @@ Confirms every trial trained on a GPU and prints the study throughput of 4 vs 1 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import optuna
-
-from study.paths import PROJECT_ROOT
-from study.search import make_storage
+from study.harness import Sweep, trial_span
 
 
 def run_study(
     folder: Path, trials_per_gpu: int, trials: int, epochs: int, extra: list[str]
 ) -> tuple[float, list[str]]:
     """Run one study; return its trials per minute and the device each trial ran on."""
-    name = f"gpu_check_{trials_per_gpu}"
-    storage = folder / f"{name}.journal"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "scripts" / "run.py"),
-        "-m",
-        "sweep",
-        f"sweep.study_name={name}",
+    sweep = Sweep(
+        folder,
+        f"gpu_check_{trials_per_gpu}",
         f"sweep.n_trials={trials}",
         "sweep.workers=auto",
         f"sweep.trials_per_gpu={trials_per_gpu}",
         "sweep.pruner=none",
-        f"sweep.storage={storage}",
-        f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
         "trainer.accelerator=gpu",
         f"trainer.max_epochs={epochs}",
         "trainer.early_stopping.enabled=false",
-        f"hydra.sweep.dir={folder / name}",
         *extra,
-    ]
+    )
     started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True)
+    study = sweep.run_to_end()
     wall = time.perf_counter() - started
-    if completed.returncode != 0:
-        print(completed.stdout[-3000:], completed.stderr[-3000:], sep="\n")
-        for log in sorted((folder / name).glob("worker_*.log")):
-            print(f"--- {log.name}", log.read_text()[-3000:], sep="\n")
-        raise SystemExit(f"study with trials_per_gpu={trials_per_gpu} failed")
-    study = optuna.load_study(study_name=name, storage=make_storage(str(storage)))
     finished = [t for t in study.trials if t.datetime_complete is not None]
-    first = min(t.datetime_start for t in finished if t.datetime_start is not None)
-    last = max(t.datetime_complete for t in finished if t.datetime_complete is not None)
-    span = (last - first).total_seconds()
+    span = trial_span(study)
     devices = [str(t.user_attrs.get("device", "?")) for t in finished]
     print(
         f"trials_per_gpu={trials_per_gpu}: {len(finished)} trials in {span:.1f} s of trials "
