@@ -48,29 +48,25 @@ def run_main() -> int:
 
 
 def reproduce_main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from study.errors import report
+    from study.errors import OneLineParser, report
     from study.reproduce import reproduce
 
-    parser = argparse.ArgumentParser(description="Rerun an MLflow run from what it logged.")
+    parser = OneLineParser(description="Rerun an MLflow run from what it logged.")
     parser.add_argument("run_id")
     parser.add_argument("--tracking-uri", help="store holding the run (default: the project's)")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return reproduce(args.run_id, args.tracking_uri)
     except Exception as error:
         return report(error)
 
 
 def ui_main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from study.errors import report
+    from study.errors import OneLineParser, report
     from study.server import DEFAULT_EXPERIMENT, serve_ui
     from study.tracking import Store
 
-    parser = argparse.ArgumentParser(description="Open the MLflow UI on the project's store.")
+    parser = OneLineParser(description="Open the MLflow UI on the project's store.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
@@ -79,8 +75,8 @@ def ui_main(argv: list[str] | None = None) -> int:
         "--artifacts",
         help="a database store's artifact folder or bucket URI (default: ./mlartifacts)",
     )
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return serve_ui(
             Store.from_config(args.tracking_uri),
             args.host,

@@ -7,7 +7,6 @@ runs already in MLflow.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import math
@@ -21,14 +20,13 @@ from typing import Any
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from study.curves import Panel, plot_comparison
 from study.diagnosis import Diagnosis, Thresholds, diagnose_history
-from study.errors import UserError, report
-from study.tracking import Store, redact
+from study.errors import OneLineParser, UserError, report
+from study.tracking import Store, find_run, redact
 
 # How a `-m compare` multirun tells its jobs (study.commands.train_job) the parent run: the
 # environment also reaches jobs that a launcher starts in other processes.
@@ -49,16 +47,7 @@ class ComparedRun:
 
 def load_run(client: MlflowClient, run_id: str, store_uri: str) -> ComparedRun:
     """A run's curves from MLflow, judged with the thresholds and baseline it logged."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error).lower():
-            raise UserError(
-                f"no run {run_id!r} in {redact(store_uri)}: check the id, or pass "
-                "--tracking-uri for the store that holds it"
-            ) from error
-        reason = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        raise UserError(f"{redact(store_uri)} cannot be reached: {reason}") from error
+    run = find_run(client, run_id, store_uri)
     name = run.data.tags.get("mlflow.runName") or run_id
     curves = {
         key: {m.step: m.value for m in client.get_metric_history(run_id, key)} for key in CURVES
@@ -201,7 +190,7 @@ class CompareCallback(Callback):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`scripts/compare.py RUN_ID RUN_ID ...`: the comparison figure and table of MLflow runs."""
-    parser = _Parser(description="Compare MLflow runs: curves side by side, verdicts, table.")
+    parser = OneLineParser(description="Compare MLflow runs: curves side by side, verdicts, table")
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
     parser.add_argument("--tracking-uri", help="store holding the runs (default: the project's)")
     parser.add_argument(
@@ -219,8 +208,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(runs))
     print(f"figure: {args.output}")
     return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line and exit 2, like every bad input here
-        raise UserError(f"{message} (usage: python scripts/compare.py RUN_ID RUN_ID ...)")

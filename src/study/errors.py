@@ -1,9 +1,11 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""UserError: the user asked for something we cannot do; how errors reach the console."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
+from typing import NoReturn
 
 from study.paths import redact
 
@@ -25,3 +27,11 @@ def report(error: BaseException) -> int:
         return error.exit_code
     print(redact("".join(traceback.format_exception(error))), end="", file=sys.stderr)
     return 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for scripts/: a usage error is one line and exit code 2, like all bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        raise UserError(f"{message} (usage: {usage})")

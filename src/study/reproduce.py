@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.errors import UserError
 from study.experiment import CONFIG_ARTIFACT, run_one
-from study.tracking import Store, redact
+from study.tracking import Store, find_run
 from study.validate import check_stored_config
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
@@ -23,17 +23,7 @@ CURVES = ("train/loss", "val/loss")  # compared epoch by epoch, not only at the 
 
 def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictConfig, str]:
     """The run's logged config and its experiment's name; UserError if either is missing."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error).lower():
-            raise UserError(
-                f"no run {run_id!r} in {redact(store.uri)}: check the id, or pass "
-                "--tracking-uri for the store that holds it"
-            ) from error
-        raise UserError(
-            f"{redact(store.uri)} cannot be reached: {redact(str(error).splitlines()[0])}"
-        ) from error
+    run = find_run(client, run_id, store.uri)
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = client.download_artifacts(run_id, CONFIG_ARTIFACT, folder)

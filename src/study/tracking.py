@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -110,6 +111,24 @@ class Store:
             raise UserError(
                 f"tracking.uri={redact(self.uri)!r} cannot be reached: {_first_line(error)}"
             ) from error
+
+
+def find_run(client: MlflowClient, run_id: str, store_uri: str) -> Run:
+    """The run `run_id`; UserError telling a wrong id from a store that cannot be reached."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(error).lower():
+            raise UserError(
+                f"no run {run_id!r} in {redact(store_uri)}: check the id, or pass "
+                "--tracking-uri for the store that holds it"
+            ) from error
+        if error.error_code == "INVALID_PARAMETER_VALUE":
+            raise UserError(
+                f"{run_id!r} is not a run id: run ids are 32 hex digits, as run.py prints them"
+            ) from error
+        reason = _first_line(error)
+        raise UserError(f"{redact(store_uri)} cannot be reached: {reason}") from error
 
 
 def _first_line(error: BaseException) -> str:
