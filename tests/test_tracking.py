@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import tiny
 from study.errors import UserError
+from study.live_metrics import MetricsLogger
 from study.tracking import (
     EXPERIMENT_KIND_TAG,
-    MetricsLogger,
     Store,
     flatten,
     redact,

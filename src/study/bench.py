@@ -23,10 +23,11 @@ from study.cli import CONF_DIR
 from study.data import Batches
 from study.experiment import resolved_config, run_one
 from study.harness import Sweep, trial_span
+from study.live_metrics import MetricsLogger
 from study.nets import mlp
 from study.paths import database_url
 from study.search import make_storage
-from study.tracking import MetricsLogger, Store
+from study.tracking import Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
 from study.validate import validate
 

@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 
 from study.curves import plot_curves
+from study.live_metrics import MetricsLogger
 from study.tracking import (
     PROJECT_ROOT,
-    MetricsLogger,
     Store,
     flatten,
     log_metrics,

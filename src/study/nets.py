@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
+# Names of torch.nn modules, resolved when a network is built: config checks need only the
+# names, and should not pay for importing torch.
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "gelu": "GELU",
+    "leaky_relu": "LeakyReLU",
 }
 
 
@@ -23,10 +27,12 @@ def mlp(
     dropout: float = 0.0,
 ) -> nn.Sequential:
     """in -> [Linear -> activation -> Dropout] per hidden size -> Linear -> out (raw outputs)."""
+    from torch import nn
+
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden_sizes:
-        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, size), getattr(nn, ACTIVATIONS[activation])()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = size

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -185,51 +184,6 @@ def _quietly(call: Any, *args: Any) -> None:
     # The store itself failing must not hide the error that brought us here.
     with contextlib.suppress(Exception):
         call(*args)
-
-
-class MetricsLogger(pl.Callback):
-    """Sends each epoch's metrics (step = epoch) to MLflow in batches.
-
-    One `log_batch` per `flush_every_s` seconds instead of one write per metric per epoch:
-    a synchronous sqlite write costs ~10 ms, far more than an epoch of a small MLP.
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.flush_every_s = flush_every_s
-        self._pending: list[Metric] = []
-        self._sent_epochs = 0
-        self._last_flush = time.monotonic()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        history: list[dict[str, float]] = getattr(pl_module, "history", [])
-        now_ms = int(time.time() * 1000)
-        for row in history[self._sent_epochs :]:
-            epoch = int(row["epoch"])
-            self._pending += [
-                Metric(name, float(value), now_ms, epoch)
-                for name, value in row.items()
-                if name != "epoch"
-            ]
-        self._sent_epochs = len(history)
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.flush()
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        _quietly(self.flush)
-
-    def flush(self) -> None:
-        # MLflow takes at most 1000 metrics per batch.
-        for start in range(0, len(self._pending), 1000):
-            self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
-        self._pending = []
-        self._last_flush = time.monotonic()
 
 
 def log_metrics(
