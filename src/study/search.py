@@ -191,7 +191,7 @@ def make_storage(
     if "://" in url:
         raise UserError(
             f"sweep.storage={shown!r} is not a storage Optuna can use: give a journal file path, "
-            "sqlite:///file.db or postgresql://user:password@host/db"
+            "sqlite:///file.db or postgresql://user@host:5432/db"
         )
     path = Path(url).expanduser()
     try:
