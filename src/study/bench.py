@@ -279,8 +279,9 @@ def storage_calls_per_trial(storage_url: str, n_trials: int, epochs: int) -> flo
     return (time.perf_counter() - start) / n_trials
 
 
-def bench_pg(admin_url: str) -> None:
-    """The same study (2 workers) on PostgreSQL and on the default journal file."""
+def bench_pg(admin_url: str, rounds: int = 2) -> None:
+    """The same study (2 workers) on PostgreSQL and on the default journal file, in turns so
+    that a busy machine slows both alike; medians over the rounds."""
     epochs, n_trials = 20, 12
     common = [
         "sweep.workers=2",
@@ -289,24 +290,39 @@ def bench_pg(admin_url: str) -> None:
         f"trainer.max_epochs={epochs}",
         "trainer.early_stopping.enabled=false",
     ]
+    figures: dict[str, list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as folder_name, scratch_database(admin_url) as url:
         folder = Path(folder_name)
-        print(f"storage, lecture MLP, {n_trials} trials x {epochs} epochs, 2 workers, TPE:")
-        for label, storage in (("journal file", str(folder / "j.journal")), ("PostgreSQL", url)):
-            study = run_study(folder, label.split()[0].lower(), *common, storage=storage)
-            trials = study.trials
-            rate = len(trials) / trial_span(study) * 60
-            wall = statistics.mean(
-                (t.datetime_complete - t.datetime_start).total_seconds()  # type: ignore[operator]
-                for t in trials
-            )
-            fit_s = statistics.mean(t.user_attrs["fit_seconds"] for t in trials)
-            in_storage = storage_calls_per_trial(storage, n_trials, epochs)
-            print(
-                f"  {label:<12} {rate:5.1f} trials/min; a trial {wall:.3f} s, {fit_s:.3f} s "
-                f"in fit, {wall - fit_s:.3f} s outside it; its storage calls "
-                f"{in_storage * 1e3:.0f} ms = {in_storage / wall:.1%} of the trial"
-            )
+        for index in range(rounds):
+            for label, storage in (
+                ("journal file", str(folder / f"{index}.journal")),
+                ("PostgreSQL", url),
+            ):
+                name = f"{label.split()[0].lower()}{index}"
+                study = run_study(folder, name, *common, storage=storage)
+                trials, span = study.trials, trial_span(study)
+                wall = statistics.mean(
+                    (t.datetime_complete - t.datetime_start).total_seconds()  # type: ignore[operator]
+                    for t in trials
+                )
+                fit_s = statistics.mean(t.user_attrs["fit_seconds"] for t in trials)
+                in_storage = storage_calls_per_trial(storage, n_trials, epochs)
+                figures.setdefault(label, []).append(
+                    (len(trials) / span * 60, wall, fit_s, in_storage)
+                )
+    print(
+        f"storage, lecture MLP, {n_trials} trials x {epochs} epochs, 2 workers, TPE "
+        f"(median of {rounds} rounds):"
+    )
+    for label, rows in figures.items():
+        rate, wall, fit_s, in_storage = (
+            statistics.median(column) for column in zip(*rows, strict=True)
+        )
+        print(
+            f"  {label:<12} {rate:5.1f} trials/min; a trial {wall:.3f} s, {fit_s:.3f} s in fit, "
+            f"{wall - fit_s:.3f} s outside it; its storage calls {in_storage * 1e3:.0f} ms = "
+            f"{in_storage / wall:.1%} of the trial"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
