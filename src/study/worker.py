@@ -40,12 +40,18 @@ class TrialReporter(pl.Callback):
     """
 
     def __init__(
-        self, trial: optuna.Trial, metric: str, maximize: bool, diverge_level: float = 3.0
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        maximize: bool,
+        diverge_level: float = 3.0,
+        prune: bool = True,
     ) -> None:
         self.trial = trial
         self.metric = metric
         self.maximize = maximize
         self.diverge_level = diverge_level
+        self.prune = prune  # without a pruner, asking costs a storage round trip per epoch
         self.best: float | None = None
         self.stop_reason: str | None = None
 
@@ -62,7 +68,7 @@ class TrialReporter(pl.Callback):
         if self.best is None or (value > self.best if self.maximize else value < self.best):
             self.best = value
         self.trial.report(self.best, step=int(row["epoch"]))
-        if self.trial.should_prune():
+        if self.prune and self.trial.should_prune():
             self.stop_reason = "pruned"
             trainer.should_stop = True
 
@@ -116,7 +122,9 @@ class TrialRunner:
         }
         cfg = self.compose_trial(sampled)
         diverge_level = float(cfg.get("diagnosis", {}).get("diverge_level", 3.0))
-        reporter = TrialReporter(trial, self.spec["metric"], maximize, diverge_level)
+        reporter = TrialReporter(
+            trial, self.spec["metric"], maximize, diverge_level, self.spec["pruner"] != "none"
+        )
         outcome = run_one(
             cfg,
             output_dir,
