@@ -78,7 +78,15 @@ class Store:
                 ) from error
         if self.artifact_root is not None or _DATABASE.match(self.uri):
             self._connect_once()
-        return MlflowClient(tracking_uri=self.uri)
+            return MlflowClient(tracking_uri=self.uri)
+        client = MlflowClient(tracking_uri=self.uri)
+        try:  # a server: ask it once, before anything is written elsewhere (a sweep's study)
+            client.search_experiments(max_results=1)
+        except Exception as error:
+            raise UserError(
+                f"tracking.uri={redact(self.uri)!r} cannot be reached: {_first_line(error)}"
+            ) from error
+        return client
 
     def _connect_once(self) -> None:
         """Fail in seconds: MLflow retries a database it cannot reach for ~100 s, then raises."""

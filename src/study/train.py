@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping
@@ -129,7 +130,12 @@ def resolve_device(accelerator: str) -> torch.device:
 
 def prepare_data(cfg: DictConfig) -> PreparedData:
     """Load, split and standardize the data on the training device; UserError if unusable."""
-    data: TabularData = instantiate(cfg.data)
+    try:
+        data: TabularData = instantiate(cfg.data)
+    except InstantiationException as error:  # Hydra wraps what the constructor raised
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise
     model_class: type[MLPTask] = get_class(cfg.model._target_)
     task = model_class.task
     return PreparedData(data, data.prepare(task, resolve_device(cfg.trainer.accelerator)))
