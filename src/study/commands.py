@@ -49,13 +49,14 @@ def run_main() -> int:
 
 def reproduce_main(argv: list[str] | None = None) -> int:
     from study.errors import OneLineParser, report
-    from study.reproduce import reproduce
 
     parser = OneLineParser(description="Rerun an MLflow run from what it logged.")
     parser.add_argument("run_id")
     parser.add_argument("--tracking-uri", help="store holding the run (default: the project's)")
     try:
         args = parser.parse_args(argv)
+        from study.reproduce import reproduce  # torch, Lightning, MLflow: after the arguments
+
         return reproduce(args.run_id, args.tracking_uri)
     except Exception as error:
         return report(error)

@@ -109,9 +109,9 @@ def run_one(
     validate(cfg)
     cfg = resolved_config(cfg)
     store = store or Store.from_config(cfg.tracking.uri)
+    prepared = prepare_data(cfg)  # bad data fails here, before the store is opened
     client = store.client()
     experiment_id = store.experiment_id(client, cfg.tracking.experiment)
-    prepared = prepare_data(cfg)  # bad data fails here, before a run exists
     config_files = write_config_files(cfg, overrides, output_dir)
     run_tags = {
         **environment_tags(),
