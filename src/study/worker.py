@@ -24,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from study.compose import compose_config
-from study.errors import UserError
+from study.errors import report
 from study.experiment import run_one
 from study.paths import redact
 from study.quota import HeartbeatThread, StudyLock, claim_trial
@@ -244,6 +244,5 @@ if __name__ == "__main__":
         sys.exit(main(sys.argv[1:]))
     except KeyboardInterrupt:
         sys.exit(130)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as error:  # UserError: one line; anything else: a traceback, masked
+        sys.exit(report(error))
