@@ -181,7 +181,9 @@ def make_storage(
                     heartbeat_interval=heartbeat_s,
                     grace_period=3 * heartbeat_s,
                     heartbeat_stale_trial_callback=on_stale,
-                    engine_kwargs=_engine_kwargs(url),
+                    # Few connections per process: many hosts x workers share one server's
+                    # max_connections (100 by default).
+                    engine_kwargs={**_engine_kwargs(url), "pool_size": 2, "max_overflow": 3},
                 )
         except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
             reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else ""
