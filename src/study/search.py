@@ -183,7 +183,7 @@ def make_storage(
                     heartbeat_stale_trial_callback=on_stale,
                     # Few connections per process: many hosts x workers share one server's
                     # max_connections (100 by default).
-                    engine_kwargs={**_engine_kwargs(url), "pool_size": 2, "max_overflow": 3},
+                    engine_kwargs={**_engine_kwargs(url), "pool_size": 1, "max_overflow": 3},
                 )
         except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
             reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else ""

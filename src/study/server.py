@@ -37,6 +37,10 @@ def server_command(store: Store, host: str, port: int, artifacts: str | None = N
 def server_env(store: Store | None = None) -> dict[str, str]:
     """The server's environment; it carries the store's URI, which may hold a password."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # One worker needs few database connections; the default pool (5 + 10) crowds a shared
+    # PostgreSQL that every sweep host also connects to.
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "2")
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "3")
     if store is not None:
         env["MLFLOW_BACKEND_STORE_URI"] = store.uri
     return env
