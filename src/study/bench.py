@@ -87,10 +87,6 @@ def timed(function: Callable[..., object]) -> float:
     return time.perf_counter() - start
 
 
-def median_of(repeats: int, function: Callable[[], object]) -> float:
-    return statistics.median(timed(function) for _ in range(repeats))
-
-
 def bench_core(repeats: int) -> None:
     torch.set_num_threads(1)  # like a sweep worker; also steadier timings
     with tempfile.TemporaryDirectory() as folder:
