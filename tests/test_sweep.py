@@ -7,11 +7,12 @@ the read-only checks, and processes that do not depend on each other run two at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
-import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.parse
@@ -365,9 +366,14 @@ def test_a_trial_reproduces_from_its_mlflow_run_id(
 ) -> None:
     sweep = study_sweep.sweep
     best = sweep.study().best_trial  # complete: a pruned trial's rerun would not stop early
-    # A copy of the store, so that the reproduction adds no run to the shared study.
+    # A copy of the store, so that the reproduction adds no run to the shared study. SQLite's
+    # backup, not a file copy: the store writes ahead, and recent commits may be in its -wal file.
     copy = tmp_path / "mlflow.db"
-    shutil.copyfile(sweep.work / "mlruns" / "mlflow.db", copy)
+    with (
+        contextlib.closing(sqlite3.connect(sweep.work / "mlruns" / "mlflow.db")) as source,
+        contextlib.closing(sqlite3.connect(copy)) as target,
+    ):
+        source.backup(target)
     result = _script(
         REPRODUCE,
         best.user_attrs["mlflow_run_id"],

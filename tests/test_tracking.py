@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -122,6 +124,21 @@ def test_experiment_id_is_the_same_for_the_same_name(
     client, experiment_id = experiment
     assert store.experiment_id(client, request.node.name) == experiment_id
     assert store.experiment_id(client, f"{request.node.name}-other") != experiment_id
+
+
+def test_a_local_store_writes_ahead_so_readers_never_block_its_writers(
+    tmp_path: Path,
+) -> None:
+    store = Store.from_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store.client()
+    with tracked_run(client, store.experiment_id(client, "wal")) as run_id:
+        reader = sqlite3.connect(tmp_path / "mlflow.db")
+        reader.execute("BEGIN")  # a reader in the middle of a transaction...
+        assert reader.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+        client.set_tag(run_id, "written", "while read")  # ...does not block a write
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        reader.close()
+    assert client.get_run(run_id).data.tags["written"] == "while read"
 
 
 def test_runs_url_opens_the_model_training_view() -> None:
@@ -253,8 +270,10 @@ def _logged_run(
     flush_every_s: float,
 ):
     client, experiment_id = experiment
-    with tracked_run(client, experiment_id) as run_id:
-        logger = MetricsLogger(client, run_id, flush_every_s=flush_every_s)
+    with (
+        tracked_run(client, experiment_id) as run_id,
+        MetricsLogger(client, run_id, flush_every_s=flush_every_s) as logger,
+    ):
         probe = StoreProbe(client, run_id)
         result = fit(make_cfg(*tiny("trainer.max_epochs=5")), tmp_path / "out", [logger, probe])
     return client, run_id, probe, result
@@ -294,9 +313,66 @@ def test_metrics_logger_flush_writes_what_it_buffered(
                 self.logger.flush()
             super().on_train_epoch_end(trainer, pl_module)
 
-    with tracked_run(client, experiment_id) as run_id:
-        logger = MetricsLogger(client, run_id, flush_every_s=1e6)
+    with (
+        tracked_run(client, experiment_id) as run_id,
+        MetricsLogger(client, run_id, flush_every_s=1e6) as logger,
+    ):
         probe = FlushAtEpoch2(logger)
         fit(make_cfg(*tiny("trainer.max_epochs=4")), tmp_path / "out", [logger, probe])
     assert probe.seen == [0, 2, 2, 2]
     assert len(client.get_metric_history(run_id, "val/loss")) == 4
+
+
+class CountingClient(MlflowClient):
+    """A real client that counts its log_batch calls."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        super().__init__(tracking_uri)
+        self.batches = 0
+
+    def log_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.batches += 1
+        return super().log_batch(*args, **kwargs)
+
+
+def test_metrics_logger_finish_sends_the_curve_final_metrics_and_tags_in_one_write(
+    make_cfg: Callable[..., DictConfig], experiment: tuple[MlflowClient, str], tmp_path: Path
+) -> None:
+    reader, experiment_id = experiment
+    client = CountingClient(reader.tracking_uri)
+    with (
+        tracked_run(client, experiment_id) as run_id,
+        MetricsLogger(client, run_id, flush_every_s=1e6) as logger,
+    ):
+        result = fit(make_cfg(*tiny("trainer.max_epochs=3")), tmp_path / "out", [logger])
+        writes_before = client.batches
+        logger.finish({"best_epoch": result.best_epoch}, tags={"fit": "good"})
+        assert client.batches == writes_before + 1
+    assert client.batches == writes_before + 1  # nothing left for the end of the block
+    run = reader.get_run(run_id)
+    assert run.data.metrics["best_epoch"] == result.best_epoch
+    assert run.data.tags["fit"] == "good"
+    assert [m.step for m in reader.get_metric_history(run_id, "val/loss")] == [1, 2, 3]
+
+
+def test_a_failed_run_keeps_the_epochs_it_trained(
+    make_cfg: Callable[..., DictConfig], experiment: tuple[MlflowClient, str], tmp_path: Path
+) -> None:
+    client, experiment_id = experiment
+
+    class FailAtEpoch3(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 2:
+                raise RuntimeError("disk on fire")
+
+    run_ids = []
+    with (
+        pytest.raises(RuntimeError, match="disk on fire"),
+        tracked_run(client, experiment_id) as run_id,
+        MetricsLogger(client, run_id, flush_every_s=1e6) as logger,
+    ):
+        run_ids.append(run_id)
+        fit(make_cfg(*tiny("trainer.max_epochs=5")), tmp_path / "out", [logger, FailAtEpoch3()])
+    [run_id] = run_ids
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2, 3]

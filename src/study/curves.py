@@ -46,14 +46,17 @@ def plot_curves(
     """Train and validation loss per epoch, the early-stopping point marked, the verdict shown."""
     from matplotlib.figure import Figure
 
-    # A bare Figure, no pyplot: no global figure registry, safe in threads, and with fixed
-    # margins instead of tight_layout it renders in about 60% of the time (every run plots).
+    # Every run and trial plots, so this is on each trial's critical path. A bare Figure (no
+    # pyplot: no global registry, safe in threads) with fixed margins instead of tight_layout,
+    # at most 6 ticks an axis (each tick is three artists and a text to lay out), and fast PNG
+    # compression: ~45 ms a figure here, was ~100 ms.
     figure = Figure(figsize=(6, 4.3), dpi=80)
     axes = figure.add_subplot()
     _draw(axes, Panel(title, history, verdict, note, baseline))
+    axes.locator_params(nbins=5)
     figure.subplots_adjust(left=0.11, right=0.97, top=0.93, bottom=0.24 if note else 0.13)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, pil_kwargs={"compress_level": 1})
     return path
 
 
@@ -118,7 +121,8 @@ def _draw(axes: Any, panel: Panel) -> None:
             label=f"early stop: epoch {int(best['epoch'])}",
         )
     title = ": ".join(part for part in (panel.name, panel.verdict) if part)
-    axes.set_title(title, color=colour if panel.verdict else "black")
+    # y given: matplotlib then skips measuring the top ticks to place the title (~2 ms).
+    axes.set_title(title, color=colour if panel.verdict else "black", y=1.0)
     # The note goes in the x label: tight_layout makes room for labels, not for free text.
     note = "\n" + textwrap.fill(panel.note, 60) if panel.note else ""
     axes.set_xlabel(f"epoch{note}", fontsize="small")

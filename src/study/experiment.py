@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,6 @@ from study.tracking import (
     PROJECT_ROOT,
     Store,
     flatten,
-    log_metrics,
     redact,
     tracked_run,
 )
@@ -104,8 +103,13 @@ def run_one(
     tags: Mapping[str, str] | None = None,
     callbacks: Sequence[Callback] = (),
     store: Store | None = None,
+    outcome_tags: Callable[[], Mapping[str, str]] | None = None,
 ) -> RunOutcome:
-    """Train `cfg` as one MLflow run; the run ends FINISHED, or FAILED/KILLED on any error."""
+    """Train `cfg` as one MLflow run; the run ends FINISHED, or FAILED/KILLED on any error.
+
+    `outcome_tags`, asked once training has ended, adds tags that only the end can tell (a
+    trial's state) to the run's final write.
+    """
     validate(cfg)
     cfg = resolved_config(cfg)
     store = store or Store.from_config(cfg.tracking.uri)
@@ -119,20 +123,21 @@ def run_one(
         "torch.threads": str(torch.get_num_threads()),
         **(tags or {}),
     }
-    with tracked_run(
-        client, experiment_id, run_name, run_tags, flatten(cfg), parent_run_id
-    ) as run_id:
-        metrics_logger = MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s))
+    with (
+        tracked_run(
+            client, experiment_id, run_name, run_tags, flatten(cfg), parent_run_id
+        ) as run_id,
+        MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s)) as metrics_logger,
+    ):
         result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
         fit_tags = {"fit": result.diagnosis.verdict, "fit.reason": result.diagnosis.reason}
-        log_metrics(  # one write for the final metrics and tags
-            client,
-            run_id,
+        metrics_logger.finish(  # the curve's last epochs, the final metrics and tags: one write
             result.summary(),
             tags={
                 "data.fingerprint": result.data_fingerprint,
                 "device": result.device,
                 **fit_tags,
+                **(outcome_tags() if outcome_tags else {}),
             },
         )
         curves = plot_curves(

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
+from types import TracebackType
 
 import pytorch_lightning as pl
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+
+from study.paths import redact
+
+_MAX_BATCH = 1000  # metrics and tags together in one MLflow log_batch
 
 
 class MetricsLogger(pl.Callback):
     """Sends each epoch's metrics (step = epoch) to MLflow in batches.
 
     One `log_batch` per `flush_every_s` seconds instead of one write per metric per epoch:
-    a synchronous sqlite write costs ~10 ms, far more than an epoch of a small MLP.
+    a synchronous sqlite write costs ~10 ms, far more than an epoch of a small MLP. What is
+    still buffered when training ends goes out with the run's final metrics and tags in one
+    write (`finish`), or, if the run fails first, when the logger's `with` block ends.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
@@ -28,6 +36,21 @@ class MetricsLogger(pl.Callback):
         self._pending: list[Metric] = []
         self._sent_epochs = 0
         self._last_flush = time.monotonic()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.flush()
+            return
+        with contextlib.suppress(Exception):  # never hide the error that stopped the run
+            self.flush()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         history: list[dict[str, float]] = getattr(pl_module, "history", [])
@@ -43,18 +66,18 @@ class MetricsLogger(pl.Callback):
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.flush()
+    def finish(self, values: Mapping[str, float], tags: Mapping[str, str]) -> None:
+        """The buffered epochs, the run's final metrics (step 0) and its tags: one write."""
+        now_ms = int(time.time() * 1000)
+        self._pending += [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
+        self.flush([RunTag(key, redact(str(value))) for key, value in tags.items()])
 
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        with contextlib.suppress(Exception):  # never hide the error that stopped training
-            self.flush()
-
-    def flush(self) -> None:
-        # MLflow takes at most 1000 metrics per batch.
-        for start in range(0, len(self._pending), 1000):
-            self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
-        self._pending = []
+    def flush(self, tags: list[RunTag] | None = None) -> None:
+        metrics, self._pending = self._pending, []
+        tags = tags or []  # a handful: MLflow takes up to 100 per batch
+        head = _MAX_BATCH - len(tags)
+        if metrics or tags:
+            self.client.log_batch(self.run_id, metrics=metrics[:head], tags=tags)
+        for start in range(head, len(metrics), _MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH])
         self._last_flush = time.monotonic()

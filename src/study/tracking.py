@@ -20,12 +20,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from study.errors import UserError
 from study.paths import PROJECT_ROOT, database_url, mask_log_records, redact
+from study.sqlite_tuning import use_wal_for_sqlite
 
 # A new or migrated store announces its schema upgrade at INFO level on every first use.
 for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 mask_log_records()  # drivers and HTTP clients may log the URLs they were given
+use_wal_for_sqlite()  # the local store is shared by a sweep's workers, its parent and the UI
 
 # An unreachable server: urllib3 warns at each retry; we report it once, as one error line.
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

@@ -31,7 +31,7 @@ from study.quota import HeartbeatThread, StudyLock, claim_trial
 from study.recovery import StaleTrialCallback
 from study.search import Param, make_pruner, make_sampler, make_storage
 from study.tasks import epoch_history
-from study.tracking import Store, set_tags
+from study.tracking import Store
 
 
 class TrialReporter(pl.Callback):
@@ -73,6 +73,14 @@ class TrialReporter(pl.Callback):
         if self.prune and self.trial.should_prune():
             self.stop_reason = "pruned"
             trainer.should_stop = True
+
+    def outcome_tags(self) -> dict[str, str]:
+        """How the trial ended, for its run's final write."""
+        if self.stop_reason is not None:
+            return {"trial_state": "PRUNED", "reason": self.stop_reason}
+        if self.best is None:
+            return {"trial_state": "FAIL", "reason": f"metric {self.metric!r} was never logged"}
+        return {"trial_state": "COMPLETE"}
 
 
 class TrialRunner:
@@ -150,19 +158,14 @@ class TrialRunner:
             tags=tags,
             callbacks=[reporter],
             store=self.store,
+            outcome_tags=reporter.outcome_tags,
         )
         trial.set_user_attr("mlflow_run_id", outcome.run_id)
         trial.set_user_attr("device", outcome.result.device)
         trial.set_user_attr("epochs", outcome.result.stopped_epoch)
         trial.set_user_attr("fit_seconds", round(outcome.result.fit_seconds, 4))
         if reporter.stop_reason is not None:
-            set_tags(
-                self.client,
-                outcome.run_id,
-                {"trial_state": "PRUNED", "reason": reporter.stop_reason},
-            )
             raise optuna.TrialPruned(reporter.stop_reason)
-        set_tags(self.client, outcome.run_id, {"trial_state": "COMPLETE"})
         if reporter.best is None:
             raise RuntimeError(f"metric {self.spec['metric']!r} was never logged")
         return reporter.best
