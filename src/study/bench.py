@@ -13,10 +13,11 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import optuna
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -89,15 +90,21 @@ def timed(function: Callable[..., object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each case, the cases taking turns so that drift hits all alike."""
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each case, the cases taking turns so that drift hits all alike."""
     for case in cases.values():  # first-call costs out of the figures
         case()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
             times[name].append(timed(case))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired(figure: Callable[..., float], *series: list[float]) -> float:
+    """The median over rounds of `figure` of one round's times: each figure compares times
+    taken moments apart, so a neighbour slowing the machine for a while cancels out."""
+    return statistics.median(figure(*row) for row in zip(*series, strict=True))
 
 
 def bench_core(repeats: int) -> None:
@@ -123,61 +130,99 @@ def bench_core(repeats: int) -> None:
                 },
                 repeats,
             )
-            # A step's cost is what 50 more epochs add; the rest is paid once per run.
+            # Per step from the 100-epoch fits: their fixed costs (~12 ms of Trainer set-up,
+            # best checkpoint, test metrics) spread over twice the steps. A difference of the
+            # 50- and 100-epoch times would leave them out, but swings by 30% on this machine.
+            ratio_100 = paired(lambda ours, plain: ours / plain, t["ours 100"], t["plain 100"])
             ours_ms, plain_ms = (
-                (t[f"{name} 100"] - t[name]) / steps * 1e3 for name in ("ours", "plain")
+                statistics.median(t[name]) / (2 * steps) * 1e3
+                for name in ("ours 100", "plain 100")
             )
-            set_up_ms = (t["ours"] - t["plain"]) * 1e3 - (ours_ms - plain_ms) * steps
             print(
                 f"lecture MLP {list(cfg.model.hidden_sizes)}, {students} students, batch "
-                f"{cfg.data.batch_size}, 50 epochs = {steps} steps (median of {repeats}):"
+                f"{cfg.data.batch_size}, 50 epochs = {steps} steps ({repeats} rounds):"
             )
             print(
-                f"  per step incl. per-epoch validation: our fit() {ours_ms:.3f} ms, plain "
-                f"PyTorch loop {plain_ms:.3f} ms: {ours_ms / plain_ms:.2f}x (target <= 1.3x)"
+                f"  per step incl. per-epoch validation (100-epoch fits, set-up included): our "
+                f"fit() {ours_ms:.3f} ms, plain PyTorch loop {plain_ms:.3f} ms: "
+                f"{ratio_100:.2f}x (target <= 1.3x)"
             )
+            whole_ratio = paired(lambda ours, plain: ours / plain, t["ours"], t["plain"])
             print(
-                f"  the whole 50-epoch fit(): {t['ours']:.3f} s vs {t['plain']:.3f} s: "
-                f"{t['ours'] / t['plain']:.2f}x, of which {set_up_ms:.0f} ms once per run "
-                "(Trainer set-up, best checkpoint, test metrics)"
+                f"  the whole 50-epoch fit(): {statistics.median(t['ours']):.3f} s vs "
+                f"{statistics.median(t['plain']):.3f} s: {whole_ratio:.2f}x"
             )
             bench_tracking(cfg, prepared, root, uri, repeats)
+
+
+class TimedMetricsLogger(MetricsLogger):
+    """The real logger with a stopwatch on its calls: a few milliseconds measured inside one
+    run, instead of the difference of two runs that vary by tens of milliseconds here."""
+
+    seconds = 0.0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        start = time.perf_counter()
+        super().on_train_epoch_end(trainer, pl_module)
+        self.seconds += time.perf_counter() - start
+
+    def finish(self, values: Mapping[str, float], tags: Mapping[str, str]) -> None:
+        start = time.perf_counter()
+        super().finish(values, tags)
+        self.seconds += time.perf_counter() - start
 
 
 def bench_tracking(
     cfg: DictConfig, prepared: PreparedData, root: Path, uri: str, repeats: int
 ) -> None:
-    """Untracked fit vs buffered metric logging vs one write per epoch vs the whole run."""
+    """What tracking adds to a 50-epoch fit: the per-epoch curves (buffered or one write per
+    epoch), the run's one final write, and the whole tracked run."""
     store = Store.from_config(uri)
     client = store.client()
     experiment_id = store.experiment_id(client, "bench")
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(3 * repeats + 3)]
+    in_tracking: dict[str, list[float]] = {"final write only": [], "buffered": [], "per epoch": []}
 
-    def logged_fit(flush_every_s: float) -> None:
-        # What tracking adds to training: the per-epoch curves and the final metrics and tags,
-        # written the way run_one writes them. The run exists beforehand, as in run_one.
-        run_id = run_ids.pop()
-        with MetricsLogger(client, run_id, flush_every_s) as curves:
-            result = fit(cfg, root / "logged", [curves], prepared)
+    def tracked_fit(case: str, flush_every_s: float | None) -> None:
+        # As run_one does it, the run created beforehand: the curves buffered by a
+        # MetricsLogger (None: no curves), then one write of what is left, the final metrics
+        # and the tags.
+        with TimedMetricsLogger(client, run_ids.pop(), flush_every_s or 0.0) as curves:
+            callbacks = [curves] if flush_every_s is not None else []
+            result = fit(cfg, root / "logged", callbacks, prepared)
             curves.finish(result.summary(), {"fit": result.diagnosis.verdict})
+        in_tracking[case].append(curves.seconds)
 
-    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(2 * repeats + 2)]
     t = interleaved(
         {
-            "bare": lambda: fit(cfg, root / "bare", prepared=prepared),
-            "buffered": lambda: logged_fit(5.0),
-            "per epoch": lambda: logged_fit(0.0),
-            "whole": lambda: run_one(cfg, root / "whole"),
+            "bare": functools.partial(fit, cfg, root / "bare", prepared=prepared),
+            **{
+                case: functools.partial(tracked_fit, case, flush)
+                for case, flush in (
+                    ("final write only", None),
+                    ("buffered", 5.0),
+                    ("per epoch", 0.0),
+                )
+            },
+            "whole": functools.partial(run_one, cfg, root / "whole"),
         },
         repeats,
     )
+    spent = {case: statistics.median(seconds) for case, seconds in in_tracking.items()}
+    wall = {case: statistics.median(seconds) for case, seconds in t.items()}
+    curves_share = (spent["buffered"] - spent["final write only"]) / wall["buffered"]
+    per_epoch_share = (spent["per epoch"] - spent["final write only"]) / wall["per epoch"]
     print(
-        f"  metric logging, buffered (curves, final metrics and tags): "
-        f"{1 - t['bare'] / t['buffered']:.1%} of the {t['buffered']:.2f} s run (target <= 5%); "
-        f"one write per epoch instead: {1 - t['bare'] / t['per epoch']:.1%}"
+        f"  per-epoch metric logging, buffered: {curves_share:.1%} of the "
+        f"{wall['buffered']:.2f} s run (target <= 5%); one write per epoch instead: "
+        f"{per_epoch_share:.1%}; with the run's final metrics and tags, in the same write: "
+        f"{spent['buffered'] / wall['buffered']:.1%} (time inside the logger's calls)"
     )
+    whole_share = paired(lambda bare, whole: 1 - bare / whole, t["bare"], t["whole"])
     print(
-        f"  whole run tracked ({t['whole']:.2f} s): {1 - t['bare'] / t['whole']:.1%} in all, "
-        f"{t['whole'] - t['buffered']:.3f} s of it fixed per run (run, params, plot, artifacts)"
+        f"  the whole tracked run ({wall['whole']:.2f} s) vs the untracked fit, side by side: "
+        f"{whole_share:.1%}, {wall['whole'] - wall['buffered']:.3f} s of it fixed per run "
+        "(run, params, plot, artifacts)"
     )
 
 
@@ -401,7 +446,7 @@ def bench_pg(admin_url: str, rounds: int = 2) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
-    parser.add_argument("--repeats", type=int, default=7, help="core: timings per figure")
+    parser.add_argument("--repeats", type=int, default=9, help="core: rounds of timings")
     parser.add_argument("--rounds", type=int, default=3, help="sweep: 1 vs 2 worker rounds")
     parser.add_argument("--seeds", type=int, default=5, help="sweep: pruning studies per pruner")
     parser.add_argument(

@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Self
 
 import pytorch_lightning as pl
 from mlflow.entities import Metric, RunTag
@@ -37,7 +38,7 @@ class MetricsLogger(pl.Callback):
         self._sent_epochs = 0
         self._last_flush = time.monotonic()
 
-    def __enter__(self) -> MetricsLogger:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
