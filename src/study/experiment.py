@@ -131,15 +131,6 @@ def run_one(
     ):
         result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
         fit_tags = {"fit": result.diagnosis.verdict, "fit.reason": result.diagnosis.reason}
-        metrics_logger.finish(  # the curve's last epochs, the final metrics and tags: one write
-            result.summary(),
-            tags={
-                "data.fingerprint": result.data_fingerprint,
-                "device": result.device,
-                **fit_tags,
-                **(outcome_tags() if outcome_tags else {}),
-            },
-        )
         curves = plot_curves(
             result.history,
             output_dir / "curves.png",
@@ -152,4 +143,15 @@ def run_one(
             client.log_artifact(run_id, str(path))
         if result.checkpoint is not None:
             client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
+        # Last, so that a run whose artifacts failed carries no outcome: the curve's last
+        # epochs, the final metrics and the tags in one write.
+        metrics_logger.finish(
+            result.summary(),
+            tags={
+                "data.fingerprint": result.data_fingerprint,
+                "device": result.device,
+                **fit_tags,
+                **(outcome_tags() if outcome_tags else {}),
+            },
+        )
     return RunOutcome(run_id, experiment_id, result)
