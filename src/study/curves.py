@@ -49,7 +49,7 @@ def plot_curves(
     # Every run and trial plots, so this is on each trial's critical path. A bare Figure (no
     # pyplot: no global registry, safe in threads) with fixed margins instead of tight_layout,
     # at most 6 ticks an axis (each tick is three artists and a text to lay out), and fast PNG
-    # compression: ~45 ms a figure here, was ~100 ms.
+    # compression: a quarter less time than before (measured 104 -> 80 ms, 74 -> 58 ms here).
     figure = Figure(figsize=(6, 4.3), dpi=80)
     axes = figure.add_subplot()
     _draw(axes, Panel(title, history, verdict, note, baseline))
