@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from study.paths import redact
+from study.tracking import final_metrics, redacted_tags
 
 _MAX_BATCH = 1000  # metrics and tags together in one MLflow log_batch
 
@@ -69,9 +69,8 @@ class MetricsLogger(pl.Callback):
 
     def finish(self, values: Mapping[str, float], tags: Mapping[str, str]) -> None:
         """The buffered epochs, the run's final metrics (step 0) and its tags: one write."""
-        now_ms = int(time.time() * 1000)
-        self._pending += [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
-        self.flush([RunTag(key, redact(str(value))) for key, value in tags.items()])
+        self._pending += final_metrics(values)
+        self.flush(redacted_tags(tags))
 
     def flush(self, tags: list[RunTag] | None = None) -> None:
         metrics, self._pending = self._pending, []

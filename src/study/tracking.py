@@ -196,6 +196,16 @@ def _quietly(call: Any, *args: Any) -> None:
         call(*args)
 
 
+def final_metrics(values: Mapping[str, float]) -> list[Metric]:
+    """A run's final values as MLflow metrics at step 0."""
+    now_ms = int(time.time() * 1000)
+    return [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
+
+
+def redacted_tags(tags: Mapping[str, str]) -> list[RunTag]:
+    return [RunTag(key, redact(str(value))) for key, value in tags.items()]
+
+
 def log_metrics(
     client: MlflowClient,
     run_id: str,
@@ -203,14 +213,11 @@ def log_metrics(
     tags: Mapping[str, str] | None = None,
 ) -> None:
     """Final (step 0) metrics, and optionally tags, in one write."""
-    now_ms = int(time.time() * 1000)
-    metrics = [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
-    run_tags = [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
-    client.log_batch(run_id, metrics=metrics, tags=run_tags)
+    client.log_batch(run_id, metrics=final_metrics(values), tags=redacted_tags(tags or {}))
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+    client.log_batch(run_id, tags=redacted_tags(tags))
 
 
 def runs_url(host: str, experiment_id: str) -> str:
