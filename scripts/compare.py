@@ -2,7 +2,7 @@
 
 import sys
 
-from study.compare import main
+from study.cli import compare_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(compare_main())

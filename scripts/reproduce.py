@@ -2,7 +2,7 @@
 
 import sys
 
-from study.commands import reproduce_main
+from study.cli import reproduce_main
 
 if __name__ == "__main__":
     sys.exit(reproduce_main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from study.commands import run_main
+from study.cli import run_main
 
 if __name__ == "__main__":
     sys.exit(run_main())

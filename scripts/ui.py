@@ -2,7 +2,7 @@
 
 import sys
 
-from study.commands import ui_main
+from study.cli import ui_main
 
 if __name__ == "__main__":
     sys.exit(ui_main())

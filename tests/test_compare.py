@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import all_runs, one_error_line
-from study.compare import main as compare_main
+from study.cli import compare_main
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 # Every preset on a small class of students; the presets keep their own epochs and capacity.

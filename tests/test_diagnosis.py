@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from study.config import validate
 from study.diagnosis import (
     DIVERGED,
     GOOD,
@@ -19,7 +20,6 @@ from study.diagnosis import (
     diagnose_history,
 )
 from study.errors import UserError
-from study.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 T = Thresholds()  # underfit_level 0.8, still_falling 0.01, window 10, overfit_rise 0.25, ...

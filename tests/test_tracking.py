@@ -13,13 +13,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import tiny
+from study.callbacks import MetricsLogger
 from study.errors import UserError
-from study.live_metrics import MetricsLogger
+from study.secrets import redact
 from study.tracking import (
     EXPERIMENT_KIND_TAG,
     Store,
     flatten,
-    redact,
     runs_url,
     tracked_run,
 )

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from helpers import tiny
+from study.config import validate
 from study.train import build_model, fit, prepare_data
-from study.validate import validate
 
 # A learning rate high enough that val/loss turns up within a few dozen epochs.
 STOPS_EARLY = tiny(

@@ -1,7 +1,9 @@
-"""`scripts/run.py [-m] [CONFIG] [key=value ...]`: pick a primary config, hand the rest to Hydra.
+"""Every entry point of scripts/: argv in, an exit code out.
 
-Hydra treats every positional argument as an override, so `run.py -m sweep` would be a parse
-error; a leading bare word naming a config in conf/ selects the primary config instead.
+`scripts/run.py [-m] [CONFIG] [key=value ...]` picks a primary config and hands the rest to
+Hydra. Hydra treats every positional argument as an override, so `run.py -m sweep` would be a
+parse error; a leading bare word naming a config in conf/ selects the primary config instead.
+Heavy imports (torch, Lightning, MLflow) wait until the arguments are checked.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from study.errors import UserError, report
-from study.paths import CONF_DIR, redact
+from omegaconf import DictConfig
+
+from study.errors import OneLineParser, UserError, report
+from study.paths import CONF_DIR
+from study.secrets import redact
 
 DEFAULT_CONFIG = "train"
 # Hydra flags that take a value, so that value is not mistaken for a config name.
@@ -112,4 +117,104 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
         return report(error)
     finally:
         sys.argv = saved_argv
+    return 0
+
+
+def train_job(cfg: DictConfig) -> float:
+    """One tracked training run (Hydra's task function); returns its best validation loss."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from study.config import validate
+
+    validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
+    from study.run import run_one
+    from study.tracking import PARENT_RUN_ENV
+
+    hydra_cfg = HydraConfig.get()
+    outcome = run_one(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        list(hydra_cfg.overrides.task),
+        run_name=cfg.tracking.get("run_name"),
+        parent_run_id=os.environ.get(PARENT_RUN_ENV),  # set by `-m compare`
+    )
+    result = outcome.result
+    print(
+        f"run {outcome.run_id} on {result.device}: best epoch {result.best_epoch} of "
+        f"{result.stopped_epoch}, best val/loss {result.best_val_loss:.4f}"
+    )
+    print(
+        "  test: "
+        + ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in result.test_metrics.items())
+    )
+    print(f"  fit: {result.diagnosis.verdict} ({result.diagnosis.reason})")
+    print(f"  reproduce: python scripts/reproduce.py {outcome.run_id}")
+    return result.best_val_loss
+
+
+def run_main() -> int:
+    return run_hydra(train_job, sys.argv[1:])
+
+
+def reproduce_main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(description="Rerun an MLflow run from what it logged.")
+    parser.add_argument("run_id")
+    parser.add_argument("--tracking-uri", help="store holding the run (default: the project's)")
+    try:
+        args = parser.parse_args(argv)
+        from study.reproduce import reproduce  # torch, Lightning, MLflow: after the arguments
+
+        return reproduce(args.run_id, args.tracking_uri)
+    except Exception as error:
+        return report(error)
+
+
+def ui_main(argv: list[str] | None = None) -> int:
+    from study.server import DEFAULT_EXPERIMENT, serve_ui
+    from study.tracking import Store
+
+    parser = OneLineParser(description="Open the MLflow UI on the project's store.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to open")
+    parser.add_argument(
+        "--artifacts",
+        help="a database store's artifact folder or bucket URI (default: ./mlartifacts)",
+    )
+    try:
+        args = parser.parse_args(argv)
+        return serve_ui(
+            Store.from_config(args.tracking_uri),
+            args.host,
+            args.port,
+            args.experiment,
+            args.artifacts,
+        )
+    except Exception as error:
+        return report(error)
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """`scripts/compare.py RUN_ID RUN_ID ...`: the comparison figure and table of MLflow runs."""
+    from study.compare import FIGURE, compare_runs, table
+    from study.tracking import Store
+
+    parser = OneLineParser(description="Compare MLflow runs: curves side by side, verdicts, table")
+    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
+    parser.add_argument("--tracking-uri", help="store holding the runs (default: the project's)")
+    parser.add_argument(
+        "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
+    )
+    try:
+        args = parser.parse_args(argv)
+        store = Store.from_config(args.tracking_uri)
+        database = Path(store.uri.removeprefix("sqlite:///"))
+        if store.uri.startswith("sqlite:///") and not database.is_file():
+            raise UserError(f"no MLflow store at {database}: pass --tracking-uri")
+        runs = compare_runs(store.client(), args.run_ids, args.output, store.uri)
+    except Exception as error:
+        return report(error)
+    print(table(runs))
+    print(f"figure: {args.output}")
     return 0

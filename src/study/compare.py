@@ -1,8 +1,8 @@
 """Runs side by side: curves on shared axes, each judged from its curves, and a summary table.
 
 Two ways in: `python scripts/run.py -m compare` (CompareCallback nests the preset runs under one
-parent run and compares them at the end) and `python scripts/compare.py RUN_ID ...` (main) for
-runs already in MLflow.
+parent run and compares them at the end) and `python scripts/compare.py RUN_ID ...`
+(study.cli.compare_main) for runs already in MLflow.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from study.curves import Panel, plot_comparison
 from study.diagnosis import Diagnosis, Thresholds, diagnose_history
-from study.errors import OneLineParser, UserError, report
-from study.tracking import Store, find_run, redact
+from study.errors import UserError
+from study.plots import Panel, plot_comparison
+from study.secrets import redact
+from study.tracking import PARENT_RUN_ENV, Store, find_run
 
-# How a `-m compare` multirun tells its jobs (study.commands.train_job) the parent run: the
-# environment also reaches jobs that a launcher starts in other processes.
-PARENT_RUN_ENV = "STUDY_PARENT_RUN_ID"
 FIGURE = "compare.png"
 TABLE = "compare.txt"
 CURVES = ("train/loss", "val/loss")
@@ -128,9 +126,8 @@ class CompareCallback(Callback):
         self.failed_jobs = 0
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from study.experiment import resolved_config
+        from study.config import resolved_config, validate
         from study.train import prepare_data
-        from study.validate import validate
 
         cfg = OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"])
         try:
@@ -186,25 +183,3 @@ class CompareCallback(Callback):
             # At exit the store may be gone too; there is no one left to report that to.
             with contextlib.suppress(Exception):
                 self.client.set_terminated(self.parent_run_id, status)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`scripts/compare.py RUN_ID RUN_ID ...`: the comparison figure and table of MLflow runs."""
-    parser = OneLineParser(description="Compare MLflow runs: curves side by side, verdicts, table")
-    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
-    parser.add_argument("--tracking-uri", help="store holding the runs (default: the project's)")
-    parser.add_argument(
-        "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
-    )
-    try:
-        args = parser.parse_args(argv)
-        store = Store.from_config(args.tracking_uri)
-        database = Path(store.uri.removeprefix("sqlite:///"))
-        if store.uri.startswith("sqlite:///") and not database.is_file():
-            raise UserError(f"no MLflow store at {database}: pass --tracking-uri")
-        runs = compare_runs(store.client(), args.run_ids, args.output, store.uri)
-    except Exception as error:
-        return report(error)
-    print(table(runs))
-    print(f"figure: {args.output}")
-    return 0

@@ -125,11 +125,6 @@ class TabularData:
     def train_batches(self, splits: Splits) -> Batches:
         return Batches(splits.train, self.batch_size, shuffle=True, seed=self.seed)
 
-    @staticmethod
-    def eval_batches(split: Split) -> Batches:
-        # The evaluation splits of tabular data fit in one batch: one forward pass per epoch.
-        return Batches(split, max(len(split), 1), shuffle=False)
-
 
 def split_and_standardize(
     table: Table, val_fraction: float, test_fraction: float, seed: int, device: torch.device

@@ -21,6 +21,12 @@ OVERFIT = "overfit"
 DIVERGED = "diverged"
 
 
+def best_row(history: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The epoch of minimum (finite) validation loss, or {} when there is none."""
+    finite = [row for row in history if math.isfinite(row.get("val/loss", math.nan))]
+    return min(finite, key=lambda row: row["val/loss"]) if finite else {}
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """When curves count as underfit, overfit or diverged (conf/train.yaml `diagnosis:`)."""

@@ -7,7 +7,7 @@ import sys
 import traceback
 from typing import NoReturn
 
-from study.paths import redact
+from study.secrets import redact
 
 
 class UserError(Exception):

@@ -12,10 +12,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from study.config import check_stored_config, validate
 from study.errors import UserError
-from study.experiment import CONFIG_ARTIFACT, run_one
+from study.run import CONFIG_ARTIFACT, run_one
 from study.tracking import Store, find_run
-from study.validate import check_stored_config
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
 CURVES = ("train/loss", "val/loss")  # compared epoch by epoch, not only at the end
@@ -42,6 +42,7 @@ def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictC
     if not isinstance(cfg, DictConfig):
         raise UserError(f"run {run_id}: its {CONFIG_ARTIFACT} is not a mapping of config keys")
     check_stored_config(cfg, f"run {run_id}'s {CONFIG_ARTIFACT}")
+    validate(cfg)
     experiment = client.get_experiment(run.info.experiment_id)
     cfg.tracking.experiment = experiment.name
     threads = run.data.tags.get("torch.threads")

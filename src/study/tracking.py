@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -13,14 +14,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from sqlalchemy import event
 
 from study.errors import UserError
-from study.paths import PROJECT_ROOT, database_url, mask_log_records, redact
-from study.sqlite_tuning import use_wal_for_sqlite
+from study.paths import PROJECT_ROOT, database_url
+from study.secrets import mask_log_records, redact
+
+
+def _tune(dbapi_connection: Any, _record: Any) -> None:
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file: later openers get it too
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def use_wal_for_sqlite() -> None:
+    """SQLite stores in write-ahead-log mode, for every SQLAlchemy engine this process creates.
+
+    In SQLite's default rollback-journal mode each commit syncs the file twice and locks
+    readers out while it writes: with sweep workers, the parent and the UI all using one local
+    MLflow store, writers queue behind each other's syncs and wait in SQLite's busy back-off
+    (1, 2, 5, 10 ms...). In WAL mode readers never block the writer and a commit is one
+    append; with `synchronous=NORMAL` it is not synced (an application crash loses nothing, a
+    power cut may lose the last commits). Measured here: MLflow's writes 20-25% cheaper, and no
+    sync per commit. WAL needs a local disk: SQLite does not support it on network filesystems.
+    Idempotent: registers the listener once per process.
+    """
+    if not event.contains(sqlalchemy.engine.Engine, "connect", _tune):
+        event.listen(sqlalchemy.engine.Engine, "connect", _tune)
+
 
 # A new or migrated store announces its schema upgrade at INFO level on every first use.
 for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -42,6 +70,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 _DATABASE = re.compile(r"^(postgresql|mysql|mssql)(\+\w+)?://")
+
+# A run started with this variable set becomes a child of that run: how `-m compare` nests its
+# jobs under one parent (the environment also reaches jobs a launcher starts elsewhere).
+PARENT_RUN_ENV = "STUDY_PARENT_RUN_ID"
 
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}

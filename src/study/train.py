@@ -7,7 +7,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,11 +17,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
-from study.curves import best_row
+from study.callbacks import KeepBestWeights
 from study.data import REGRESSION, Splits, TabularData
-from study.diagnosis import Diagnosis, Thresholds, diagnose_history
+from study.diagnosis import Diagnosis, Thresholds, best_row, diagnose_history
 from study.errors import UserError
-from study.tasks import EpochLoader, MLPTask, epoch_history
+from study.tasks import EpochLoader, MLPTask
 
 # Lightning's advice about worker processes and small batch counts does not apply to batches
 # sliced from in-memory tensors; its banner lines are noise in every run's output.
@@ -45,7 +45,6 @@ class FitResult:
     stopped_early: bool
     baseline_loss: float  # training loss of the best constant predictor
     diagnosis: Diagnosis  # underfit / good / overfit / diverged, from the curves
-    extra: dict[str, float] = field(default_factory=dict)
     fit_seconds: float = 0.0  # wall time inside Lightning's fit (the training steps)
 
     @property
@@ -71,38 +70,9 @@ class FitResult:
             "best_val_loss": self.best_val_loss,
             "stopped_epoch": self.stopped_epoch,
             **self.test_metrics,
-            **self.extra,
             "baseline_loss": self.baseline_loss,
             **self.diagnosis.metrics(),
         }
-
-
-class KeepBestWeights(Callback):
-    """Keeps the weights of the epoch of lowest validation loss in memory; saves them once.
-
-    Lightning's ModelCheckpoint writes a file at every improvement (2-3 ms each, about 13% of a
-    small MLP's run here); a copy of a few thousand floats in memory costs microseconds.
-    """
-
-    def __init__(self) -> None:
-        self.best_loss = math.inf
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        row = epoch_history(pl_module)[-1]
-        if row["val/loss"] < self.best_loss:  # False for NaN: a diverged epoch is never best
-            self.best_loss, self.best_epoch = row["val/loss"], int(row["epoch"])
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-
-    def restore_and_save(self, model: pl.LightningModule, path: Path) -> Path | None:
-        """Load the best weights into `model` and write them as a checkpoint file."""
-        if self.best_state is None:
-            return None
-        model.load_state_dict(self.best_state)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": self.best_state, "epoch": self.best_epoch}, path)
-        return path
 
 
 def seed_everything(seed: int) -> None:

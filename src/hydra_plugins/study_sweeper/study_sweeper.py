@@ -1,4 +1,4 @@
-"""A thin Hydra Sweeper: Hydra composes the config, study.sweep runs the study."""
+"""A thin Hydra Sweeper: Hydra composes the config, study.sweep.driver runs the study."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class StudySweeper(Sweeper):
         self.config = config
 
     def sweep(self, arguments: list[str]) -> Any:
-        from study.sweep import run_sweep
+        from study.sweep.driver import run_sweep
 
         assert self.config is not None
         hydra_cfg = self.config.hydra

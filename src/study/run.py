@@ -1,0 +1,145 @@
+"""One tracked run: train a checked config and record everything needed to rerun it."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
+
+from study.callbacks import MetricsLogger
+from study.config import resolved_config
+from study.paths import PROJECT_ROOT
+from study.plots import plot_curves
+from study.secrets import redact
+from study.tracking import Store, flatten, tracked_run
+from study.train import FitResult, fit, prepare_data
+
+CONFIG_ARTIFACT = "config.yaml"
+OVERRIDES_ARTIFACT = "overrides.yaml"
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    experiment_id: str
+    result: FitResult
+
+
+@functools.cache
+def environment_tags() -> dict[str, str]:
+    """Code and library versions: what a rerun must match to reproduce the numbers."""
+    import hydra
+    import mlflow
+    import optuna
+    import pytorch_lightning
+
+    # Module versions, not distribution metadata: mlflow may come as mlflow-skinny.
+    modules = {
+        "torch": torch,
+        "pytorch-lightning": pytorch_lightning,
+        "optuna": optuna,
+        "mlflow": mlflow,
+        "hydra-core": hydra,
+    }
+    tags = {f"version.{name}": str(module.__version__) for name, module in modules.items()}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        tags["mlflow.source.git.commit"] = commit
+        tags["git.dirty"] = str(bool(dirty)).lower()
+    except (OSError, subprocess.SubprocessError):
+        tags["mlflow.source.git.commit"] = "unknown"
+    return tags
+
+
+def write_config_files(cfg: DictConfig, overrides: Sequence[str], output_dir: Path) -> list[Path]:
+    """The resolved config and the command-line overrides, with credentials masked."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / CONFIG_ARTIFACT
+    config_path.write_text(redact(OmegaConf.to_yaml(cfg)))
+    overrides_path = output_dir / OVERRIDES_ARTIFACT
+    overrides_path.write_text(yaml.safe_dump([redact(item) for item in overrides]))
+    return [config_path, overrides_path]
+
+
+def run_one(
+    cfg: DictConfig,
+    output_dir: Path,
+    overrides: Sequence[str] = (),
+    *,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    store: Store | None = None,
+    outcome_tags: Callable[[], Mapping[str, str]] | None = None,
+) -> RunOutcome:
+    """Train `cfg` (already checked by study.config.validate) as one MLflow run; the run ends
+    FINISHED, or FAILED/KILLED on any error.
+
+    `outcome_tags`, asked once training has ended, adds tags that only the end can tell (a
+    trial's state) to the run's final write.
+    """
+    cfg = resolved_config(cfg)
+    store = store or Store.from_config(cfg.tracking.uri)
+    prepared = prepare_data(cfg)  # bad data fails here, before the store is opened
+    client = store.client()
+    experiment_id = store.experiment_id(client, cfg.tracking.experiment)
+    config_files = write_config_files(cfg, overrides, output_dir)
+    run_tags = {
+        **environment_tags(),
+        "seed": str(cfg.seed),
+        "torch.threads": str(torch.get_num_threads()),
+        **(tags or {}),
+    }
+    with (
+        tracked_run(
+            client, experiment_id, run_name, run_tags, flatten(cfg), parent_run_id
+        ) as run_id,
+        MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s)) as metrics_logger,
+    ):
+        result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
+        fit_tags = {"fit": result.diagnosis.verdict, "fit.reason": result.diagnosis.reason}
+        curves = plot_curves(
+            result.history,
+            output_dir / "curves.png",
+            title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
+            verdict=fit_tags["fit"],
+            note=fit_tags["fit.reason"],
+            baseline=result.baseline_loss,
+        )
+        for path in [*config_files, curves]:
+            client.log_artifact(run_id, str(path))
+        if result.checkpoint is not None:
+            client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
+        # Last, so that a run whose artifacts failed carries no outcome: the curve's last
+        # epochs, the final metrics and the tags in one write.
+        metrics_logger.finish(
+            result.summary(),
+            tags={
+                "data.fingerprint": result.data_fingerprint,
+                "device": result.device,
+                **fit_tags,
+                **(outcome_tags() if outcome_tags else {}),
+            },
+        )
+    return RunOutcome(run_id, experiment_id, result)

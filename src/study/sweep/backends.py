@@ -1,0 +1,217 @@
+"""Optuna's engines for a study: samplers, pruners and storages, and the study's lock.
+
+A journal file serves several processes on one machine with no server; an RDB storage on
+PostgreSQL serves many machines, with heartbeats so that a dead host's trials are failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages.journal import JournalFileBackend
+
+from study.errors import UserError
+from study.paths import PROJECT_ROOT, database_url
+from study.secrets import redact
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise UserError(f"sweep.sampler={name!r} is unknown: use one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 40)
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+    if name in ("none", None):
+        return optuna.pruners.NopPruner()
+    raise UserError(f"sweep.pruner={name!r} is unknown: use one of {', '.join(PRUNERS)}")
+
+
+_RDB_URL = re.compile(r"^(sqlite|postgresql|mysql|oracle|mssql)(\+\w+)?://")
+
+
+def default_storage(study_name: str) -> str:
+    """A journal file under mlruns/: safe for several processes, no server to start."""
+    return str(PROJECT_ROOT / "mlruns" / "optuna" / f"{study_name}.journal")
+
+
+def make_storage(
+    url: str,
+    heartbeat_s: int = 10,
+    on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage from a URL (RDB) or a file path (journal); UserError if unusable.
+
+    An RDB storage records heartbeats every `heartbeat_s` seconds; a trial silent for three
+    times that is stale, and whoever fails it (claims.claim_trial) calls `on_stale` on it.
+    """
+    shown = redact(url)
+    if _RDB_URL.match(url):
+        try:
+            with _schema_lock(url), warnings.catch_warnings():
+                # heartbeats are "experimental": one warning a start
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    database_url(url),
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=3 * heartbeat_s,
+                    heartbeat_stale_trial_callback=on_stale,
+                    # Few connections per process: many hosts x workers share one server's
+                    # max_connections (100 by default).
+                    engine_kwargs={**_engine_kwargs(url), "pool_size": 1, "max_overflow": 3},
+                )
+        except Exception as error:  # sqlalchemy/driver errors: bad host, password, database
+            reason = redact(str(error).strip().splitlines()[0]) if str(error).strip() else ""
+            raise UserError(
+                f"sweep.storage={shown!r} cannot be used: {reason or type(error).__name__}"
+            ) from error
+    if "://" in url:
+        raise UserError(
+            f"sweep.storage={shown!r} is not a storage Optuna can use: give a journal file path, "
+            "sqlite:///file.db or postgresql://user@host:5432/db"
+        )
+    path = Path(url).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(path), lock_obj=FlockLock(f"{path}.lock"))  # type: ignore[arg-type]
+    except OSError as error:
+        raise UserError(f"sweep.storage={shown!r} cannot be written: {error.strerror}") from error
+    return optuna.storages.JournalStorage(backend)
+
+
+@contextlib.contextmanager
+def flock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive flock(2) on `path`: the kernel frees it when its holder dies."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def advisory_lock(connection: Any, key: int) -> Iterator[None]:
+    """Hold PostgreSQL advisory lock `key` on an AUTOCOMMIT connection: shared by every host."""
+    import sqlalchemy
+
+    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+    try:
+        yield
+    finally:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+def _autocommit_connection(url: str) -> Any:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        database_url(url), poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(url)
+    )
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+class FlockLock:
+    """The journal file's lock for Optuna's JournalFileBackend (acquire/release), on flock.
+
+    Optuna's default lock is a lock file that a SIGKILLed worker leaves behind; every other
+    worker then waits out a 30 s grace period before breaking it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._held: contextlib.ExitStack | None = None
+
+    def acquire(self) -> bool:
+        held = contextlib.ExitStack()
+        held.enter_context(flock(self.path))
+        self._held = held
+        return True
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+
+_SCHEMA_LOCK_KEY = 0x5F0D7A5C4E3A  # any constant: one lock per database, held for seconds
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hosts opening a fresh PostgreSQL database at once would race to create Optuna's tables
+    (duplicate key errors): they take turns on an advisory lock while the storage opens."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    with _autocommit_connection(url) as connection, advisory_lock(connection, _SCHEMA_LOCK_KEY):
+        yield
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return {}
+
+
+class StudyLock:
+    """Mutual exclusion around a study's claims, across processes (a file beside a journal or
+    sqlite storage) or hosts (a PostgreSQL advisory lock: hosts share nothing else)."""
+
+    def __init__(self, storage_url: str, study_name: str) -> None:
+        self.storage_url = storage_url
+        digest = hashlib.sha256(f"study:{study_name}".encode()).digest()
+        self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self._connection: Any = None
+        self.lock_path: Path | None = None
+        if storage_url.startswith("sqlite:///"):
+            self.lock_path = Path(storage_url.removeprefix("sqlite:///") + ".claims.lock")
+        elif "://" not in storage_url:
+            self.lock_path = Path(f"{Path(storage_url).expanduser()}.claims.lock")
+        # another database server: its own transactions are all we have
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self.storage_url.startswith("postgresql"):
+            if self._connection is None:
+                self._connection = _autocommit_connection(self.storage_url)
+            with advisory_lock(self._connection, self.key):
+                yield
+        elif self.lock_path is not None:
+            with flock(self.lock_path):
+                yield
+        else:
+            yield
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None

@@ -1,0 +1,177 @@
+"""A study from the parent process: check everything, open the Optuna study and its MLflow parent
+run, run the worker pool, and summarize. Called by the Hydra sweeper for
+`python scripts/run.py -m sweep`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.entities import Param as MlflowParam
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import distribution_to_json
+
+from study.errors import UserError
+from study.secrets import redact
+from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage
+from study.sweep.plan import SweepPlan, plan_sweep
+from study.sweep.pool import Scheduler
+from study.sweep.progress import ProgressLine, Tally, read_tally
+from study.sweep.recovery import Recovery
+from study.sweep.report import finish_parent_run
+from study.sweep.spec import WorkerSpec
+from study.tracking import EXPERIMENT_KIND_TAG, Store, runs_url
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its parent run
+
+
+def open_study(plan: SweepPlan) -> optuna.Study:
+    storage = make_storage(plan.storage_url, plan.heartbeat_s)
+    study = optuna.create_study(
+        study_name=plan.study_name,
+        storage=storage,
+        direction=plan.direction,  # type: ignore[arg-type]  # checked in plan_sweep
+        load_if_exists=True,
+        sampler=make_sampler(plan.sampler, plan.seed),
+        pruner=make_pruner(plan.pruner, plan.max_epochs),
+    )
+    if study.direction.name.lower() != plan.direction:
+        raise UserError(
+            f"study {plan.study_name!r} exists with direction "
+            f"{study.direction.name.lower()}: use another sweep.study_name"
+        )
+    return study
+
+
+def open_parent_run(
+    study: optuna.Study, store: Store, client: MlflowClient, plan: SweepPlan, cfg: DictConfig
+) -> tuple[str, str]:
+    """The study's MLflow parent run: created once, reopened when the study resumes.
+
+    Hosts starting at once call this under the study's lock, so only the first creates it.
+    """
+    experiment_id = store.experiment_id(client, plan.study_name)
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return experiment_id, run_id
+    tags = {
+        "study": plan.study_name,
+        "sweep.storage": redact(plan.storage_url),
+        "mlflow.note.content": f"Optuna study {plan.study_name}: one child run per trial",
+        **EXPERIMENT_KIND_TAG,
+    }
+    run = client.create_run(experiment_id, run_name=f"study {plan.study_name}", tags=tags)
+    params = {f"sweep.{k}": redact(str(v)) for k, v in cfg.sweep.items()}
+    params.update({f"search.{p.path}": distribution_to_json(p.distribution) for p in plan.params})
+    client.log_batch(run.info.run_id, params=[MlflowParam(k, v[:6000]) for k, v in params.items()])
+    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    return experiment_id, run.info.run_id
+
+
+def worker_spec(
+    plan: SweepPlan, experiment_id: str, parent_run_id: str, tracking_uri: str | None
+) -> WorkerSpec:
+    base = OmegaConf.to_container(plan.base_config, resolve=False)
+    assert isinstance(base, dict)
+    return WorkerSpec(
+        study_name=plan.study_name,
+        storage=plan.storage_url,
+        sampler=plan.sampler,
+        pruner=plan.pruner,
+        seed=plan.seed,
+        direction=plan.direction,
+        metric=plan.metric,
+        max_epochs=plan.max_epochs,
+        n_trials=plan.n_trials,
+        retries=plan.retries,
+        heartbeat_s=plan.heartbeat_s,
+        base_config={str(key): value for key, value in base.items()},
+        overrides=plan.overrides,
+        config_name=plan.config_name,
+        conf_dir=plan.conf_dir,
+        sweep_dir=str(plan.sweep_dir),
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        tracking_uri=tracking_uri,
+        params=plan.params,
+    )
+
+
+def run_sweep(
+    cfg: DictConfig,
+    overrides: Sequence[str],
+    conf_dir: str,
+    config_name: str,
+    sweep_dir: Path,
+    group_choices: dict[str, Any],
+) -> Tally:
+    plan = plan_sweep(cfg, overrides, conf_dir, config_name, sweep_dir, group_choices)
+    store = Store.from_config(cfg.tracking.uri)
+    client = store.client()
+    study = open_study(plan)
+    lock = StudyLock(plan.storage_url, plan.study_name)
+    with lock.held():  # hosts starting at the same moment: one parent run for the study
+        experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
+    recovery = Recovery(study, lock, client, experiment_id, parent_run_id, plan.retries)
+    # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED.
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    status = "FAILED"
+    try:
+        stale = recovery.fail_orphans()
+        tally = read_tally(study, plan.n_trials)
+        progress = ProgressLine(
+            plan.study_name, plan.n_trials, lambda: read_tally(study, plan.n_trials)
+        )
+        print(
+            f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
+            f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
+            f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}; "
+            f"storage {redact(plan.storage_url)}",
+            flush=True,
+        )
+        scheduler = Scheduler(
+            plan.slots,
+            worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
+                plan.sweep_dir / ".worker_spec.json"
+            ),
+            plan.sweep_dir,
+            plan.max_failures,
+            on_event=progress.on_event,
+            on_worker_lost=recovery.worker_lost,
+            threads=plan.threads,
+        )
+        if tally.finished < plan.n_trials:
+            scheduler.run()
+        progress.close()
+        print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
+        if str(cfg.tracking.uri or "").startswith(("http://", "https://")):  # a server
+            print(f"browse: {runs_url(redact(cfg.tracking.uri), experiment_id)}")
+        else:
+            print(
+                f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
+                "(after python scripts/ui.py)"
+            )
+        if scheduler.stop_reason is not None:
+            raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
+        status = "FINISHED"
+        return read_tally(study, plan.n_trials)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print(
+            f"\nstudy {plan.study_name} interrupted: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
+            recovery.fail_orphans()
+        client.set_terminated(parent_run_id, status)

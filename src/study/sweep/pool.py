@@ -1,0 +1,252 @@
+"""Device slots and the pool of long-lived worker processes that run a study's trials.
+
+Each worker is pinned to its device through CUDA_VISIBLE_DEVICES before it imports torch, and
+starts its next trial as soon as its last one ends: no batch barrier. Workers claim trials
+themselves (study.sweep.claims), so the study ends with exactly n_trials finished trials however
+many workers race for the last ones; the pool only says "go on" or "stop", and replaces workers
+that die.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from study.errors import UserError
+from study.sweep.spec import Event, Exhausted, Finished, Lost, Ready, Started, decode_event
+
+MAX_REPLACEMENTS_PER_SLOT = 3
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: a CUDA device id (as CUDA_VISIBLE_DEVICES sees it) or the CPU."""
+
+    index: int
+    device: str | None
+
+    @property
+    def label(self) -> str:
+        return f"cuda {self.device}" if self.device is not None else "cpu"
+
+
+def visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [
+            item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"
+        ]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def device_slots(
+    workers: int | str, trials_per_gpu: int, devices: Sequence[Any] | None = None
+) -> list[Slot]:
+    """Slots for `workers` (a number, or auto: GPUs x trials_per_gpu, else one per core)."""
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UserError(f"sweep.workers={workers!r} is not allowed: use auto or a number >= 1")
+    if isinstance(workers, int) and workers < 1:
+        raise UserError(f"sweep.workers={workers} is out of range: use auto or a number >= 1")
+    if (
+        isinstance(trials_per_gpu, bool)
+        or not isinstance(trials_per_gpu, int)
+        or trials_per_gpu < 1
+    ):
+        raise UserError(f"sweep.trials_per_gpu={trials_per_gpu!r} is out of range: must be >= 1")
+    gpus = [str(device) for device in devices] if devices is not None else visible_gpus()
+    if gpus:
+        per_gpu = [gpu for _ in range(trials_per_gpu) for gpu in gpus]  # spread before sharing
+        count = len(per_gpu) if workers == "auto" else int(workers)
+        return [Slot(index, per_gpu[index % len(per_gpu)]) for index in range(count)]
+    count = (os.cpu_count() or 1) if workers == "auto" else int(workers)
+    return [Slot(index, None) for index in range(count)]
+
+
+def threads_per_worker(n_workers: int) -> int:
+    """Torch threads per worker so that all workers together use each core once."""
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+@dataclass
+class Worker:
+    slot: Slot
+    process: subprocess.Popen[bytes]
+    events: IO[str]
+    log_path: Path
+    trial: int | None = None  # the trial number it is running, once it said so
+    ready: bool = False  # it finished starting up (imports, study loaded)
+    exhausted: bool = False  # it found every trial taken and exits
+    done: bool = False
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(f"{command}\n".encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died; the supervisor notices through its exit code
+
+
+def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
+    read_fd, write_fd = os.pipe()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "STUDY_WORKER_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if slot.device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.device
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"worker_{slot.index}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "study.sweep.worker",
+                str(spec_path),
+                str(slot.index),
+                str(write_fd),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
+        )
+    os.close(write_fd)
+    return Worker(slot, process, os.fdopen(read_fd, "r", buffering=1), log_path)
+
+
+class Scheduler:
+    """Runs the workers, keeps them going, and replaces any that die.
+
+    The parent stops the workers when the study is interrupted or too many trials failed. A
+    worker that dies mid-trial is reported through `on_worker_lost` (which fails its trial and
+    queues a retry) and replaced on the same device.
+    """
+
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        spec_path: Path,
+        log_dir: Path,
+        max_failures: int,
+        on_event: Callable[[Event], None] = lambda event: None,
+        on_worker_lost: Callable[[int], None] = lambda number: None,
+        threads: int | None = None,
+    ) -> None:
+        self.slots = slots
+        self.spec_path = spec_path
+        self.log_dir = log_dir
+        self.max_failures = max_failures
+        self.on_event = on_event
+        self.on_worker_lost = on_worker_lost
+        self.threads = threads or threads_per_worker(len(slots))
+        self.selector = selectors.DefaultSelector()
+        self.workers: list[Worker] = []
+        self.failed_here = 0
+        self.replaced = 0
+        self.stop_reason: str | None = None
+
+    def _start(self, slot: Slot) -> None:
+        worker = start_worker(slot, self.spec_path, self.log_dir, self.threads)
+        self.workers.append(worker)
+        self.selector.register(worker.events, selectors.EVENT_READ, worker)
+
+    def _go_on(self, worker: Worker) -> None:
+        if self.failed_here >= self.max_failures:
+            self.stop_reason = (
+                f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
+                f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
+            )
+        worker.send("stop" if self.stop_reason else "trial")
+
+    def _handle(self, worker: Worker, event: Event) -> None:
+        if isinstance(event, Ready):
+            worker.ready = True
+            self._go_on(worker)
+        elif isinstance(event, Started):
+            worker.trial = event.number
+        elif isinstance(event, Finished):
+            worker.trial = None
+            self.failed_here += event.state == "FAIL"
+            self._go_on(worker)
+        elif isinstance(event, Exhausted):
+            worker.exhausted = True  # it exits now; nothing is left to replace it for
+        self.on_event(event)
+
+    def run(self) -> None:
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while any(not worker.done for worker in self.workers):
+                for key, _ in self.selector.select(timeout=1.0):
+                    worker = key.data
+                    line = worker.events.readline()
+                    if line:
+                        self._handle(worker, decode_event(line))
+                    else:  # the worker closed its end: it exited
+                        self._retire(worker)
+                for worker in list(self.workers):
+                    if not worker.done and worker.process.poll() is not None:
+                        self._retire(worker)
+        finally:
+            self.shutdown()
+
+    def _retire(self, worker: Worker) -> None:
+        if worker.done:
+            return
+        worker.done = True
+        self.selector.unregister(worker.events)
+        worker.events.close()
+        code = worker.process.wait()
+        if (code == 0 and worker.trial is None) or worker.exhausted:
+            return
+        if not worker.ready and code > 0:  # it failed to start: another would fail the same way
+            self.stop_reason = self.stop_reason or (
+                f"worker {worker.slot.index} exited with code {code} while starting: "
+                f"see {worker.log_path}"
+            )
+            return
+        # Killed (or crashed) mid-trial: fail that trial, then carry on with a fresh worker.
+        if worker.trial is not None:
+            self.failed_here += 1
+            self.on_worker_lost(worker.trial)
+            self.on_event(Lost(worker.trial, code))
+        if self.replaced >= MAX_REPLACEMENTS_PER_SLOT * len(self.slots):
+            self.stop_reason = self.stop_reason or f"workers died {self.replaced} times: giving up"
+        if not self.stop_reason:
+            self.replaced += 1
+            self._start(worker.slot)
+
+    def shutdown(self, grace_s: float = 10) -> None:
+        """Stop every worker: ask, then SIGTERM (runs close KILLED), then SIGKILL."""
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.send("stop")
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.terminate()
+        for worker in self.workers:
+            try:
+                worker.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            if not worker.done:
+                worker.done = True
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.selector.unregister(worker.events)
+                worker.events.close()

@@ -1,0 +1,136 @@
+"""Recovering from dead workers: fail their trials and runs, and retry their parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from study.sweep.backends import StudyLock
+from study.sweep.claims import HOST
+
+RUNNING = optuna.trial.TrialState.RUNNING
+
+
+def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, lock: StudyLock) -> None:
+    """Enqueue a failed trial's parameters again, remembering which trial it retries."""
+    with lock.held():
+        origin = trial.user_attrs.get("retry_of", trial.number)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": origin}, skip_if_exists=False)
+
+
+def retries_of(study: optuna.Study, number: int) -> int:
+    return sum(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False))
+
+
+def owner_is_gone(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial whose worker process on this host no longer exists."""
+    if trial.user_attrs.get("host") != HOST:
+        return False
+    pid = trial.user_attrs.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def close_trial_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, number: int, reason: str
+) -> None:
+    """Close the trial's MLflow runs still RUNNING as KILLED, saying why."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.trial_number = '{number}' and tags.mlflow.parentRunId = '{parent_run_id}' "
+            "and attributes.status = 'RUNNING'"
+        ),
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "trial_state", "FAIL")
+        client.set_tag(run.info.run_id, "error", reason)
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+class Recovery:
+    """What the sweep's parent does about trials whose worker is gone."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        lock: StudyLock,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        retries: int,
+    ) -> None:
+        self.study = study
+        self.lock = lock
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.retries = retries
+        self.retried = 0
+
+    def fail(self, number: int, reason: str) -> None:
+        """Fail trial `number` (if still RUNNING) and its runs; queue a retry if allowed."""
+        trial = self.study.get_trials(deepcopy=False)[number]
+        failed_here = False
+        if trial.state == RUNNING:
+            with contextlib.suppress(ValueError, RuntimeError):  # another host got there first
+                self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+                failed_here = True
+        close_trial_runs(self.client, self.experiment_id, self.parent_run_id, number, reason)
+        # Whoever failed it retries it: a trial told COMPLETE just before its worker died, or
+        # failed as stale by another host (which queued its retry), is not retried again.
+        origin = trial.user_attrs.get("retry_of", number)
+        if failed_here and retries_of(self.study, origin) < self.retries:
+            retry_trial(self.study, trial, self.lock)
+            self.retried += 1
+
+    def worker_lost(self, number: int) -> None:
+        self.fail(number, "its worker process died (killed or crashed)")
+
+    def fail_orphans(self) -> int:
+        """Fail RUNNING trials whose worker on this host is gone (a dead sweep, or ours)."""
+        orphans = [
+            t for t in self.study.get_trials(deepcopy=False, states=(RUNNING,)) if owner_is_gone(t)
+        ]
+        for trial in orphans:
+            self.fail(trial.number, "left RUNNING by a sweep that died")
+        return len(orphans)
+
+
+class StaleTrialCallback:
+    """Called by the RDB storage on each trial whose heartbeat stopped (its host died): close
+    the trial's MLflow runs KILLED, then let Optuna queue a retry with its parameters."""
+
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, parent_run_id: str, retries: int
+    ) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        with warnings.catch_warnings():  # "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with contextlib.suppress(Exception):  # an unreachable MLflow must not block the retry
+            close_trial_runs(
+                self.client,
+                self.experiment_id,
+                self.parent_run_id,
+                trial.number,
+                f"its worker on {trial.user_attrs.get('host', '?')} stopped sending heartbeats",
+            )
+        # The retry copies the user attrs: retry_of names the first trial, as for local retries.
+        trial.user_attrs.setdefault("retry_of", trial.number)
+        self.retry(study, trial)

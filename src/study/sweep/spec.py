@@ -1,0 +1,123 @@
+"""The contract between a sweep's parent and its workers: the spec they start from, and the
+events they report back, one JSON line each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import distribution_to_json, json_to_distribution
+
+from study.sweep.space import Param
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load the study and run its trials."""
+
+    study_name: str
+    storage: str  # the real URL, password included: the file is readable by its owner only
+    sampler: str
+    pruner: str
+    seed: int  # worker i samples with seed + i
+    direction: str
+    metric: str
+    max_epochs: int
+    n_trials: int
+    retries: int
+    heartbeat_s: int
+    base_config: dict[str, Any]  # a trial's run config before its sampled values are set
+    overrides: list[str]  # the command line's overrides: composed again when a group is sampled
+    config_name: str
+    conf_dir: str
+    sweep_dir: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str | None
+    params: list[Param]
+
+    def to_json(self) -> str:
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        plain["params"] = [
+            {
+                "path": p.path,
+                "is_group": p.is_group,
+                "distribution": distribution_to_json(p.distribution),
+            }
+            for p in self.params
+        ]
+        return json.dumps(plain)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        plain = json.loads(text)
+        plain["params"] = [
+            Param(p["path"], json_to_distribution(p["distribution"]), p["is_group"])
+            for p in plain["params"]
+        ]
+        return cls(**plain)
+
+    def write(self, path: Path) -> Path:
+        """Write the spec readable by its owner only, from the first byte on (a chmod after
+        writing would leave a moment where others may read the storage's password)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> WorkerSpec:
+        return cls.from_json(path.read_text())
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker has imported everything and loaded the study: it can take trials."""
+
+
+@dataclass(frozen=True)
+class Started:
+    number: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None = None
+    run_id: str | None = None
+    device: str | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """Every trial of the study is taken: the worker exits."""
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Sent by the parent's pool itself: the worker died while running trial `number`."""
+
+    number: int
+    code: int
+
+
+Event = Ready | Started | Finished | Exhausted | Lost
+_EVENTS: dict[str, type[Any]] = {
+    kind.__name__.lower(): kind for kind in (Ready, Started, Finished, Exhausted, Lost)
+}
+
+
+def encode_event(event: Event) -> str:
+    return json.dumps({"event": type(event).__name__.lower(), **asdict(event)})
+
+
+def decode_event(line: str) -> Event:
+    plain = json.loads(line)
+    return _EVENTS[plain.pop("event")](**plain)  # type: ignore[no-any-return]

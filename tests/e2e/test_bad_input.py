@@ -1,0 +1,288 @@
+"""Bad input, systematically: configs, search spaces, CSV data, storage URLs and run ids.
+
+Each case runs a script as a user would, in its own folder with a private MLflow store and a
+private Optuna journal, and must give exactly one stderr line starting with `error: `, exit code
+2, no traceback, and write nothing: no MLflow run, no Optuna study, no sweep folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import all_runs, one_error_line, tiny
+from study.sweep.backends import make_storage
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "pw-8c1e2f"  # must never be shown
+STUDY = "bad_input"
+LIMIT_S = 60  # MLflow alone retries a database ~100 s and an HTTP server for minutes
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # free again once closed: nobody listens there
+
+
+CSVS = {
+    "string_column.csv": "a,b,y\n1,red,0\n2,blue,1\n3,red,0\n4,blue,1\n",
+    "header_only.csv": "a,b,y\n",
+    "one_class.csv": "a,b,y\n" + "".join(f"{i},{i * 2},1\n" for i in range(30)),
+}
+SEARCHES = {
+    "unknown_type": "optimizer.lr: {type: uniform, low: 1.0e-4, high: 1.0e-1}",
+    "int_reversed": "trainer.max_epochs: {type: int, low: 10, high: 5}",
+    "not_a_mapping": "optimizer.lr: 0.01",
+    "bad_choice": "model.activation: {type: categorical, choices: [relu, swish]}",
+    "empty": "{}",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """A bad input: the script, its arguments and fragments its error line must contain.
+
+    Arguments may name {csv} (the folder of CSVS), {store} (the private MLflow store) and
+    {closed} (a port nobody listens on). `private` arguments are added unless the case sets
+    the same key itself.
+    """
+
+    name: str
+    script: str  # run | sweep | reproduce | compare
+    args: tuple[str, ...]
+    fragments: tuple[str, ...]
+    sweep: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sweep", self.script == "sweep")
+
+
+def run(name: str, args: list[str], fragments: list[str]) -> Case:
+    return Case(name, "run", tuple(args), tuple(fragments))
+
+
+def sweep(name: str, args: list[str], fragments: list[str]) -> Case:
+    return Case(name, "sweep", tuple(args), tuple(fragments))
+
+
+def script(name: str, which: str, args: list[str], fragments: list[str]) -> Case:
+    return Case(name, which, tuple(args), tuple(fragments))
+
+
+CSV = ["data=csv", "data.target=y"]
+UNREACHABLE_PG = f"postgresql://root:{PASSWORD}@127.0.0.1:1/x"
+NO_RUN = "0" * 32
+
+CASES = [
+    # --- configs (scripts/run.py) -----------------------------------------------------------
+    run("negative-noise", ["data.noise=-0.1"], ["data.noise=-0.1", ">= 0"]),
+    run("three-samples", ["data.n_samples=3"], ["data.n_samples=3", ">= 10"]),
+    run("val-fraction-0.95", ["data.val_fraction=0.95"], ["data.val_fraction", "< 0.9"]),
+    run("accelerator-tpu", ["trainer.accelerator=tpu"], ["trainer.accelerator='tpu'", "cpu"]),
+    run("patience-zero", ["trainer.early_stopping.patience=0"], ["patience=0", ">= 1"]),
+    run("hidden-size-text", ["model.hidden_sizes=[a]"], ["model.hidden_sizes", "integer"]),
+    run("lr-text", ["optimizer.lr=fast"], ["optimizer.lr='fast'", "number"]),
+    run("seed-fraction", ["seed=1.5"], ["seed=1.5", "integer"]),
+    run("tracking-ftp", ["tracking.uri=ftp://x"], ["tracking.uri='ftp://x'", "sqlite:///"]),
+    run(
+        "tracking-db-unreachable",
+        [f"tracking.uri={UNREACHABLE_PG}"],
+        ["tracking.uri=", "root:***@127.0.0.1:1/x", "cannot be reached"],
+    ),
+    run(
+        "tracking-folder-unwritable",
+        ["tracking.uri=sqlite:////proc/study/mlflow.db"],
+        ["tracking.uri=", "/proc/study", "cannot be created"],
+    ),
+    # --- CSV data ---------------------------------------------------------------------------
+    run(
+        "csv-string-column",
+        [*CSV, "data.path={csv}/string_column.csv"],
+        ["'b'", "non-numeric", "line 2"],
+    ),
+    run("csv-header-only", [*CSV, "data.path={csv}/header_only.csv"], ["header but no rows"]),
+    run(
+        "csv-one-class", [*CSV, "data.path={csv}/one_class.csv"], ["data.target='y'", "one class"]
+    ),
+    run(
+        "csv-task-unknown",
+        [*CSV, "data.path={csv}/one_class.csv", "data.task=x"],
+        ["data.task='x'"],
+    ),
+    # --- search spaces (scripts/run.py -m sweep) --------------------------------------------
+    sweep("search-type-unknown", ["search=unknown_type"], ["search.optimizer.lr.type='uniform'"]),
+    sweep("search-int-reversed", ["search=int_reversed"], ["trainer.max_epochs", "low=10"]),
+    sweep("search-not-a-mapping", ["search=not_a_mapping"], ["search.optimizer.lr", "mapping"]),
+    sweep("search-bad-choice", ["search=bad_choice"], ["model.activation=swish"]),
+    sweep("search-empty", ["search=empty"], ["search is empty"]),
+    sweep("search-unknown-group", ["search=nosuchfile"], ["search/nosuchfile"]),
+    # --- sweep settings ---------------------------------------------------------------------
+    sweep("zero-trials", ["sweep.n_trials=0"], ["sweep.n_trials=0", ">= 1"]),
+    sweep("zero-max-failures", ["sweep.max_failures=0"], ["sweep.max_failures=0", ">= 1"]),
+    sweep("zero-trials-per-gpu", ["sweep.trials_per_gpu=0"], ["sweep.trials_per_gpu=0", ">= 1"]),
+    sweep("direction-sideways", ["sweep.direction=sideways"], ["sweep.direction='sideways'"]),
+    # --- storage URLs -----------------------------------------------------------------------
+    sweep(
+        "storage-unreachable",
+        [f"sweep.storage={UNREACHABLE_PG}"],
+        ["sweep.storage='postgresql://root:***@127.0.0.1:1/x'", "cannot be used"],
+    ),
+    sweep(
+        "storage-no-such-database",
+        ["sweep.storage=postgresql://root@127.0.0.1:5432/study_no_such_db"],
+        ["sweep.storage=", "study_no_such_db", "cannot be used"],
+    ),
+    sweep(
+        "storage-unwritable-journal",
+        ["sweep.storage=/proc/x.journal"],
+        ["sweep.storage='/proc/x.journal'", "cannot be written"],
+    ),
+    sweep(
+        "sweep-tracking-server-down",
+        ["tracking.uri=http://127.0.0.1:{closed}"],
+        ["tracking.uri='http://127.0.0.1:", "cannot be reached"],
+    ),
+    # --- run ids and stores (scripts/reproduce.py, scripts/compare.py) -----------------------
+    script("reproduce-unknown-id", "reproduce", [NO_RUN], [f"no run '{NO_RUN}'"]),
+    script("reproduce-malformed-id", "reproduce", ["../../etc"], ["'../../etc' is not a run id"]),
+    script(
+        "reproduce-no-store",
+        "reproduce",
+        [NO_RUN, "--tracking-uri", "sqlite:///{csv}/absent/mlflow.db"],
+        ["no MLflow store", "absent/mlflow.db"],
+    ),
+    script(
+        "reproduce-server-down",
+        "reproduce",
+        [NO_RUN, "--tracking-uri", "http://root:" + PASSWORD + "@127.0.0.1:{closed}"],
+        ["root:***@127.0.0.1", "cannot be reached"],
+    ),
+    script("reproduce-no-id", "reproduce", [], ["run_id", "usage: reproduce.py"]),
+    script("compare-one-id", "compare", [NO_RUN], ["at least two different runs, got 1"]),
+    script("compare-ftp-store", "compare", ["a", "b", "--tracking-uri", "ftp://x"], ["ftp://x"]),
+]
+
+
+@dataclass
+class Outcome:
+    result: subprocess.CompletedProcess[str]
+    work: Path
+    seconds: float
+
+    @property
+    def store(self) -> Path:
+        return self.work / "mlruns" / "mlflow.db"
+
+    @property
+    def journal(self) -> Path:
+        return self.work / "study.journal"
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.work / "sweep"
+
+
+def _with_defaults(args: list[str], defaults: list[str]) -> list[str]:
+    keys = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    return [*[d for d in defaults if d.split("=", 1)[0] not in keys], *args]
+
+
+def _command(case: Case, work: Path, csv: Path, conf: Path, closed: int) -> list[str]:
+    store = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+    args = [a.format(csv=csv, store=store, closed=closed) for a in case.args]
+    if case.script in ("reproduce", "compare"):
+        if "--tracking-uri" not in args:
+            args += ["--tracking-uri", store]
+        return [str(ROOT / "scripts" / f"{case.script}.py"), *args]
+    private = [f"tracking.uri={store}", *tiny()]
+    if "data=csv" in args:  # a CSV has the rows it has
+        private = [arg for arg in private if not arg.startswith("data.n_samples")]
+    if case.sweep:
+        private += [
+            f"sweep.storage={work / 'study.journal'}",
+            f"sweep.study_name={STUDY}",
+            f"hydra.sweep.dir={work / 'sweep'}",
+            "sweep.workers=1",
+        ]
+        flags = ["--config-dir", str(conf), "-m", "sweep"]
+    else:
+        flags = []
+    return [str(ROOT / "scripts" / "run.py"), *flags, *_with_defaults(args, private)]
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    """Every case run once, three processes at a time (each pays ~2-6 s of imports)."""
+    csv = tmp_path_factory.mktemp("csv")
+    for name, text in CSVS.items():
+        (csv / name).write_text(text)
+    conf = tmp_path_factory.mktemp("conf")
+    (conf / "search").mkdir()
+    for name, text in SEARCHES.items():
+        (conf / "search" / f"{name}.yaml").write_text(text + "\n")
+    # Stores the run-id cases look in: they exist and hold an experiment, but no run.
+    closed = _closed_port()
+
+    def launch(case: Case) -> tuple[str, Outcome]:
+        work = tmp_path_factory.mktemp(case.name)
+        if case.script in ("reproduce", "compare"):
+            client = MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+            client.create_experiment("study")
+        start = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, *_command(case, work, csv, conf, closed)],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        return case.name, Outcome(result, work, time.monotonic() - start)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(launch, CASES))
+
+
+def test_the_table_covers_at_least_25_inputs_of_every_kind() -> None:
+    assert len(CASES) >= 25
+    assert len({case.name for case in CASES}) == len(CASES)
+    assert {case.script for case in CASES} == {"run", "sweep", "reproduce", "compare"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_is_one_error_line_naming_the_problem(
+    outcomes: dict[str, Outcome], case: Case
+) -> None:
+    outcome = outcomes[case.name]
+    line = one_error_line(outcome.result)
+    for fragment in case.fragments:
+        assert fragment in line, line
+    assert PASSWORD not in outcome.result.stdout + outcome.result.stderr
+    assert outcome.seconds < LIMIT_S, f"{outcome.seconds:.0f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_writes_no_run_no_study_and_no_sweep_folder(
+    outcomes: dict[str, Outcome], case: Case
+) -> None:
+    outcome = outcomes[case.name]
+    if outcome.store.exists():
+        assert all_runs(MlflowClient(f"sqlite:///{outcome.store}")) == []
+    if outcome.journal.exists():
+        storage = make_storage(str(outcome.journal))
+        assert optuna.get_all_study_names(storage) == []
+    assert not outcome.sweep_dir.exists()
+    assert not (outcome.work / "outputs" / "reproduce").exists()

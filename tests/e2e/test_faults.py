@@ -1,0 +1,88 @@
+"""Each fault of a study as a real scenario: real sweeps, real worker processes, real signals."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from faults import Sweep, diverging, failing, interrupt, kill_sweep, kill_worker, load
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_killed_worker_costs_one_failed_trial_that_is_retried(tmp_path: Path) -> None:
+    outcome = kill_worker(tmp_path)
+    assert outcome.ok, outcome
+    trials = Sweep(tmp_path).trials()
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert retry.params == failed[0].params
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    killed = [
+        r
+        for r in Sweep(tmp_path).runs()
+        if r.data.tags.get("trial_number") == str(failed[0].number)
+    ]
+    assert [r.info.status for r in killed] == ["KILLED"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(
+    tmp_path: Path, signum: int
+) -> None:
+    outcome = interrupt(tmp_path, signum)
+    assert outcome.ok, outcome
+    assert outcome.recover_s is not None and outcome.recover_s < 20  # exits within seconds
+    assert "left running before the rerun" in outcome.note
+    assert outcome.note.split("; ")[1].startswith("0 left running")
+    numbers = [t.number for t in Sweep(tmp_path).trials()]
+    assert len(numbers) == len(set(numbers))
+    statuses = {r.info.status for r in Sweep(tmp_path).runs()}
+    assert "KILLED" in statuses and "RUNNING" not in statuses
+
+
+def test_a_rerun_fails_the_trials_a_dead_sweep_left_running(tmp_path: Path) -> None:
+    outcome = kill_sweep(tmp_path)
+    assert outcome.ok, outcome
+    assert not outcome.note.startswith("0 trials")  # there was something to clean up
+    assert any(t.state == optuna.trial.TrialState.FAIL for t in Sweep(tmp_path).trials())
+
+
+def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(
+    tmp_path: Path,
+) -> None:
+    outcome = diverging(tmp_path)
+    assert outcome.ok, outcome
+    runs = [r for r in Sweep(tmp_path).runs() if "trial_number" in r.data.tags]
+    assert runs and all(r.data.tags["trial_state"] == "PRUNED" for r in runs)
+    assert all(r.data.tags["reason"] == "diverged" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_study_whose_trials_all_fail_stops_after_max_failures(tmp_path: Path) -> None:
+    outcome = failing(tmp_path)
+    assert outcome.runs_left_running == 0 and outcome.trials_left_running == 0
+    assert "sweep.max_failures=3" in outcome.note and "exit 2" in outcome.note
+    # The device is missing before any run starts, so the reason lives on the trials.
+    failed = [t for t in Sweep(tmp_path).trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) >= 3
+    assert all("CUDA" in t.user_attrs.get("fail_reason", "") for t in failed)
+    assert all(r.info.status != "RUNNING" for r in Sweep(tmp_path).runs())
+
+
+def test_four_workers_and_a_hundred_trials_lose_no_run_and_no_metric(tmp_path: Path) -> None:
+    outcome = load(tmp_path, n_trials=100, workers=4)
+    assert outcome.ok, outcome
+    assert "'database is locked': False" in outcome.note
+    sweep = Sweep(tmp_path)
+    client = MlflowClient(sweep.tracking_uri)
+    children = [r for r in sweep.runs() if "trial_number" in r.data.tags]
+    finished = [t.number for t in sweep.trials() if t.state.is_finished()]
+    assert sorted(int(r.data.tags["trial_number"]) for r in children) == sorted(finished)
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "val/loss")
+        assert [m.step for m in history] == [1, 2]

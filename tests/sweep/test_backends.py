@@ -1,0 +1,149 @@
+"""study.sweep.backends: samplers, pruners, storages and the study's lock."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+
+from study.errors import UserError
+from study.paths import PROJECT_ROOT
+from study.sweep.backends import (
+    best_trial,
+    default_storage,
+    make_pruner,
+    make_sampler,
+    make_storage,
+)
+
+# --- samplers and pruners ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+    ],
+)
+def test_make_sampler_builds_each_named_sampler(name: str, kind: type) -> None:
+    assert isinstance(make_sampler(name, 0), kind)
+
+
+def test_a_seeded_sampler_repeats_its_samples() -> None:
+    def first_values(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=make_sampler("random", seed))
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_values(7) == first_values(7)
+    assert first_values(7) != first_values(8)
+
+
+def test_an_unknown_sampler_is_a_user_error_listing_the_choices() -> None:
+    with pytest.raises(UserError, match=r"sweep.sampler='grid' is unknown: .*tpe, random, gp"):
+        make_sampler("grid", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
+def test_make_pruner_builds_each_named_pruner(name: str, kind: type) -> None:
+    assert isinstance(make_pruner(name, 20), kind)
+
+
+def test_an_unknown_pruner_is_a_user_error_listing_the_choices() -> None:
+    with pytest.raises(UserError, match=r"sweep.pruner='asha' is unknown: .*median, hyperband"):
+        make_pruner("asha", 20)
+
+
+# --- storages ------------------------------------------------------------------------------
+
+
+def test_a_file_path_is_a_journal_storage_in_a_folder_created_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "study.journal"
+    storage = make_storage(str(path))
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    optuna.create_study(study_name="s", storage=storage)
+    assert path.is_file()
+
+
+def test_a_journal_storage_is_shared_by_separate_handles(tmp_path: Path) -> None:
+    path = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="s", storage=make_storage(path))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    again = optuna.load_study(study_name="s", storage=make_storage(path))
+    assert [t.number for t in again.trials] == [0, 1]
+
+
+def test_a_sqlite_url_is_an_rdb_storage(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(storage, optuna.storages.RDBStorage)
+
+
+def test_an_rdb_storage_opens_without_a_warning(tmp_path: Path) -> None:
+    # A warning on stderr would break the one-error-line contract of a bad storage URL.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_a_url_of_an_unknown_scheme_is_a_user_error() -> None:
+    with pytest.raises(UserError, match=r"sweep.storage='foo://bar' is not a storage Optuna"):
+        make_storage("foo://bar")
+
+
+def test_an_unreachable_sqlite_url_is_a_user_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'absent' / 'dir' / 'optuna.db'}"
+    with pytest.raises(UserError, match="cannot be used"):
+        make_storage(url)
+
+
+def test_an_unreachable_postgresql_url_is_a_user_error_without_its_password() -> None:
+    with pytest.raises(UserError) as error:
+        make_storage("postgresql://u:secret@127.0.0.1:1/db")
+    message = str(error.value)
+    assert "secret" not in message
+    assert "postgresql://u:***@127.0.0.1:1/db" in message
+    # The connection itself failed: the driver we install (psycopg2) was found and used.
+    assert "refused" in message.lower(), message
+
+
+def test_a_journal_path_that_cannot_be_written_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot be written"):
+        make_storage(str(blocker / "study.journal"))
+
+
+def test_the_default_storage_is_a_journal_file_named_after_the_study() -> None:
+    assert default_storage("lecture") == str(
+        PROJECT_ROOT / "mlruns" / "optuna" / "lecture.journal"
+    )
+
+
+# --- the best trial ------------------------------------------------------------------------
+
+
+def test_best_trial_is_none_before_any_trial_completes() -> None:
+    study = optuna.create_study()
+    study.enqueue_trial({})
+    trial = study.ask()
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert best_trial(study) is None
+
+
+def test_best_trial_is_the_best_complete_trial() -> None:
+    study = optuna.create_study(direction="minimize")
+    for value in (0.5, 0.2, 0.9):
+        study.tell(study.ask(), value)
+    best = best_trial(study)
+    assert best is not None and best.number == 1

@@ -1,0 +1,149 @@
+"""Claims, heartbeats and retries on a real RDB storage (sqlite, heartbeat every second) and a
+real MLflow store: what a host sees of a trial whose host died."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.sweep.backends import StudyLock, make_storage
+from study.sweep.claims import claim_trial
+from study.sweep.recovery import Recovery, StaleTrialCallback
+
+GRACE_S = 3  # 3 x heartbeat_s=1
+
+pytestmark = pytest.mark.slow  # each test waits out a grace period
+
+
+@dataclass
+class Shared:
+    """One study as two hosts see it; `client` holds the study's parent run."""
+
+    url: str
+    storage: optuna.storages.BaseStorage
+    study: optuna.Study
+    lock: StudyLock
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
+
+    def child_run(self, number: int) -> str:
+        tags = {"trial_number": str(number), "mlflow.parentRunId": self.parent_run_id}
+        return self.client.create_run(self.experiment_id, tags=tags).info.run_id
+
+
+@pytest.fixture
+def shared(tmp_path: Path, mlflow_client: MlflowClient) -> Shared:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    experiment_id = mlflow_client.create_experiment("quota")
+    parent_run_id = mlflow_client.create_run(experiment_id).info.run_id
+    on_stale = StaleTrialCallback(mlflow_client, experiment_id, parent_run_id, retries=1)
+    storage = make_storage(url, 1, on_stale)
+    study = optuna.create_study(study_name="quota", storage=storage)
+    lock = StudyLock(url, "quota")
+    return Shared(url, storage, study, lock, mlflow_client, experiment_id, parent_run_id)
+
+
+def _dead_trial(shared: Shared, n_trials: int) -> optuna.Trial:
+    """A trial claimed by a worker that then died: no heartbeat after the claim's."""
+    trial = claim_trial(shared.study, shared.storage, n_trials, shared.lock)
+    assert trial is not None
+    trial.suggest_float("x", 0.0, 1.0)
+    return trial
+
+
+def test_a_claim_fails_a_trial_whose_heartbeat_stopped_and_claims_its_retry(
+    shared: Shared,
+) -> None:
+    dead = _dead_trial(shared, n_trials=2)
+    time.sleep(GRACE_S + 1)
+    retry = claim_trial(shared.study, shared.storage, 2, shared.lock)
+    assert retry is not None
+    frozen = shared.study.get_trials()
+    assert frozen[dead.number].state == optuna.trial.TrialState.FAIL
+    assert frozen[retry.number].params == frozen[dead.number].params
+    assert frozen[retry.number].user_attrs["retry_of"] == dead.number
+    assert frozen[retry.number].system_attrs["failed_trial"] == dead.number
+
+
+def test_a_trial_whose_heartbeat_stopped_has_its_mlflow_runs_closed_killed(
+    shared: Shared,
+) -> None:
+    dead = _dead_trial(shared, n_trials=2)
+    run_id = shared.child_run(dead.number)
+    time.sleep(GRACE_S + 1)
+    claim_trial(shared.study, shared.storage, 2, shared.lock)
+    run = shared.client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["trial_state"] == "FAIL"
+    assert "stopped sending heartbeats" in run.data.tags["error"]
+
+
+def test_a_trial_is_retried_by_heartbeat_at_most_retries_times(shared: Shared) -> None:
+    _dead_trial(shared, n_trials=3)
+    time.sleep(GRACE_S + 1)
+    retry = claim_trial(shared.study, shared.storage, 3, shared.lock)  # the retry, and it dies too
+    assert retry is not None
+    time.sleep(GRACE_S + 1)
+    fresh = claim_trial(shared.study, shared.storage, 3, shared.lock)
+    assert fresh is not None
+    assert "failed_trial" not in shared.study.get_trials()[fresh.number].system_attrs
+    assert not shared.study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+def test_a_claim_waits_while_the_last_trial_runs_elsewhere_then_ends(shared: Shared) -> None:
+    other = claim_trial(shared.study, shared.storage, 1, shared.lock)
+    assert other is not None
+    beating = threading.Event()
+
+    def run_elsewhere() -> None:  # a live worker: beats, then completes its trial
+        for _ in range(3):
+            shared.study._storage.record_heartbeat(other._trial_id)  # type: ignore[attr-defined]
+            time.sleep(1)
+        shared.study.tell(other, 0.5)
+        beating.set()
+
+    thread = threading.Thread(target=run_elsewhere)
+    thread.start()
+    start = time.monotonic()
+    assert claim_trial(shared.study, shared.storage, 1, shared.lock) is None
+    waited = time.monotonic() - start
+    thread.join()
+    assert beating.is_set()
+    assert waited >= 2.5
+
+
+def test_without_heartbeats_a_claim_beyond_n_trials_is_none_at_once(tmp_path: Path) -> None:
+    url = str(tmp_path / "study.journal")
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="j", storage=storage)
+    lock = StudyLock(url, "j")
+    assert claim_trial(study, storage, 1, lock) is not None
+    start = time.monotonic()
+    assert claim_trial(study, storage, 1, lock) is None
+    assert time.monotonic() - start < 5  # a wait would be a grace period or more
+
+
+def test_recovery_does_not_retry_a_trial_another_host_already_failed(shared: Shared) -> None:
+    dead = _dead_trial(shared, n_trials=3)
+    time.sleep(GRACE_S + 1)
+    # fails it as stale, queues and takes its retry
+    claim_trial(shared.study, shared.storage, 3, shared.lock)
+    recovery = Recovery(
+        shared.study,
+        shared.lock,
+        shared.client,
+        shared.experiment_id,
+        shared.parent_run_id,
+        retries=1,
+    )
+    before = len(shared.study.get_trials())
+    recovery.worker_lost(dead.number)  # this host's parent notices its worker died, late
+    assert len(shared.study.get_trials()) == before
+    assert recovery.retried == 0

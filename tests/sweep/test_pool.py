@@ -1,0 +1,107 @@
+"""study.workers: device slots for the sweep's workers, and torch threads per worker."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from study.errors import UserError
+from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
+
+CORES = os.cpu_count() or 1
+
+
+@pytest.fixture
+def no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine whose CUDA devices are all hidden, as on a CPU-only host."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_auto_workers_fill_each_gpu_before_sharing_one() -> None:
+    slots = device_slots("auto", 2, ["0", "1"])
+    assert [slot.device for slot in slots] == ["0", "1", "0", "1"]
+    assert [slot.index for slot in slots] == [0, 1, 2, 3]
+
+
+def test_auto_workers_are_gpus_times_trials_per_gpu() -> None:
+    assert len(device_slots("auto", 3, ["4", "5"])) == 6
+
+
+def test_device_ids_from_yaml_integers_become_cuda_visible_devices_strings() -> None:
+    assert [slot.device for slot in device_slots("auto", 1, [0, 1])] == ["0", "1"]
+
+
+def test_a_worker_count_spreads_over_the_gpus_in_turn() -> None:
+    assert [slot.device for slot in device_slots(3, 1, ["0", "1"])] == ["0", "1", "0"]
+
+
+def test_fewer_workers_than_gpus_use_the_first_gpus() -> None:
+    assert [slot.device for slot in device_slots(1, 2, ["0", "1"])] == ["0"]
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_without_gpus_a_worker_count_gives_that_many_cpu_slots() -> None:
+    slots = device_slots(3, 1, None)
+    assert slots == [Slot(0, None), Slot(1, None), Slot(2, None)]
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_without_gpus_auto_gives_one_cpu_slot_per_core() -> None:
+    slots = device_slots("auto", 4, None)
+    assert len(slots) == CORES
+    assert all(slot.device is None for slot in slots)
+
+
+def test_slot_labels_name_the_device() -> None:
+    assert Slot(0, "1").label == "cuda 1"
+    assert Slot(0, None).label == "cpu"
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_fewer_than_one_worker_is_a_user_error(workers: int) -> None:
+    with pytest.raises(UserError, match=rf"sweep.workers={workers} is out of range"):
+        device_slots(workers, 1, ["0"])
+
+
+@pytest.mark.parametrize("workers", ["many", True, 2.5])
+def test_a_worker_count_that_is_not_a_number_or_auto_is_a_user_error(workers: object) -> None:
+    with pytest.raises(UserError, match=r"sweep.workers=.* is not allowed: use auto"):
+        device_slots(workers, 1, ["0"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("trials_per_gpu", [0, -2, True, "two"])
+def test_trials_per_gpu_below_one_or_not_an_integer_is_a_user_error(
+    trials_per_gpu: object,
+) -> None:
+    with pytest.raises(UserError, match=r"sweep.trials_per_gpu=.* must be >= 1"):
+        device_slots("auto", trials_per_gpu, ["0"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("listed", "gpus"),
+    [("2,3", ["2", "3"]), (" 1 , 0 ", ["1", "0"]), ("", []), ("-1", [])],
+)
+def test_visible_gpus_follow_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, listed: str, gpus: list[str]
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert visible_gpus() == gpus
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_without_a_device_list_the_visible_gpus_are_used() -> None:
+    assert all(slot.device is None for slot in device_slots(2, 1, None))
+
+
+def test_one_worker_gets_every_core() -> None:
+    assert threads_per_worker(1) == CORES
+
+
+def test_workers_share_the_cores_without_oversubscribing() -> None:
+    for workers in range(1, CORES + 1):
+        assert threads_per_worker(workers) * workers <= CORES
+
+
+def test_more_workers_than_cores_get_one_thread_each() -> None:
+    assert threads_per_worker(CORES * 4) == 1

@@ -1,0 +1,115 @@
+"""Drive real studies from Python as a user would: `scripts/run.py -m sweep` in a subprocess,
+in a folder of its own, with its study and MLflow runs at hand. Used by the benchmarks, the GPU
+check and the fault scenarios.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from study.paths import PROJECT_ROOT
+from study.sweep.backends import FINISHED, make_storage
+
+
+class Sweep:
+    """One study in a folder of its own, driven through scripts/run.py -m sweep."""
+
+    def __init__(
+        self, folder: Path, name: str = "faults", *overrides: str, storage: str | None = None
+    ) -> None:
+        self.folder = folder
+        self.name = name
+        self.storage = storage or str(folder / f"{name}.journal")
+        self.tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
+        self.overrides = list(overrides)
+
+    def command(self, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            str(PROJECT_ROOT / "scripts" / "run.py"),
+            "-m",
+            "sweep",
+            f"sweep.study_name={self.name}",
+            f"sweep.storage={self.storage}",
+            f"tracking.uri={self.tracking_uri}",
+            f"hydra.sweep.dir={self.folder / self.name}",
+            *self.overrides,
+            *extra,
+        ]
+
+    def start(self, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*extra),
+            cwd=self.folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*extra), cwd=self.folder, capture_output=True, text=True, timeout=timeout
+        )
+
+    def run_to_end(self, *extra: str) -> optuna.Study:
+        """Run the study; on failure stop with its output (for scripts, not tests)."""
+        completed = self.run(*extra)
+        if completed.returncode != 0:
+            logs = "".join(
+                f"--- {log.name}\n{log.read_text()[-2000:]}"
+                for log in sorted((self.folder / self.name).glob("worker_*.log"))
+            )
+            raise SystemExit(
+                f"study {self.name} failed:\n{completed.stdout[-2000:]}"
+                f"{completed.stderr[-2000:]}{logs}"
+            )
+        return self.study()
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=make_storage(str(self.storage)))
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        if "://" not in self.storage and not Path(self.storage).exists():
+            return []
+        return self.study().get_trials(deepcopy=False)
+
+    def finished(self) -> int:
+        return sum(t.state in FINISHED for t in self.trials())
+
+    def running_trials(self) -> int:
+        return sum(t.state == optuna.trial.TrialState.RUNNING for t in self.trials())
+
+    def runs(self) -> list:
+        client = MlflowClient(self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.name)
+        if experiment is None:
+            return []
+        return client.search_runs([experiment.experiment_id], max_results=10_000)
+
+    def runs_left_running(self) -> int:
+        return sum(run.info.status == "RUNNING" for run in self.runs())
+
+    def wait_for_running_trial(self, timeout: float = 120) -> int:
+        """Block until a trial has trained a few epochs; return its number."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for trial in self.trials():
+                if trial.state == optuna.trial.TrialState.RUNNING and trial.last_step:
+                    return trial.number
+            time.sleep(0.2)
+        raise TimeoutError("no trial started training")
+
+
+def trial_span(study: optuna.Study) -> float:
+    """Seconds from the first trial's start to the last one's end: worker start-up excluded."""
+    trials = [t for t in study.trials if t.datetime_start and t.datetime_complete]
+    first = min(t.datetime_start for t in trials if t.datetime_start)
+    last = max(t.datetime_complete for t in trials if t.datetime_complete)
+    return (last - first).total_seconds()
