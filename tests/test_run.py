@@ -161,7 +161,7 @@ def test_tags_record_code_versions_data_and_seed(tracked: Tracked) -> None:
     ("overrides", "match"),
     [
         (["data=wine", "model=regressor"], "data=wine"),
-        (["data=csv", "data.path=/nonexistent/grades.csv"], "data.path"),
+        (["data=csv", "data.path=/nonexistent/grades.csv", "data.target=passed"], "data.path"),
     ],
 )
 def test_bad_input_raises_user_error_and_leaves_no_run(
