@@ -33,12 +33,12 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts tools
+	$(VENV)/bin/ruff format --check src tests scripts tools
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) scripts/bench.py
+	$(PY) tools/bench.py
 
 ui: install
 	$(PY) scripts/ui.py
