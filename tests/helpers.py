@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -23,6 +26,30 @@ TINY = [
 
 def tiny(*extra: str) -> list[str]:
     return [*TINY, *extra]
+
+
+def cli(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`scripts/<script>.py ARGV` run in this process, from `cwd`, its output captured.
+
+    A subprocess pays ~5 s of imports; in-process, bad input costs a fraction of a second.
+    `script` is run (argv may start with `-m sweep`), reproduce or compare.
+    """
+    from study.cli import compare_main, reproduce_main, run_hydra, train_job
+
+    entry = {
+        "run": lambda: run_hydra(train_job, list(argv)),
+        "reproduce": lambda: reproduce_main(list(argv)),
+        "compare": lambda: compare_main(list(argv)),
+    }[script]
+    out, err = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = entry()
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

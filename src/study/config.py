@@ -5,7 +5,9 @@ Each check failure is a UserError naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -16,8 +18,21 @@ from omegaconf.errors import OmegaConfBaseException
 from study.diagnosis import Thresholds
 from study.errors import UserError
 from study.nets import ACTIVATIONS
+from study.secrets import redact
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+_TRACKING_URI = re.compile(
+    r"^(sqlite:///|(postgresql|mysql|mssql)(\+\w+)?://|https?://|databricks)"
+)
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """UserError unless `uri` is empty (the project's store) or a store MLflow can use."""
+    if uri and not _TRACKING_URI.match(uri):
+        raise UserError(
+            f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
+            "sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
+        )
 
 
 def compose_config(conf_dir: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
@@ -137,6 +152,9 @@ def _validate(cfg: DictConfig) -> None:
                 "trainer.early_stopping.min_delta", cfg.trainer.early_stopping.min_delta, ">= 0"
             )
     _positive(cfg, "tracking.flush_every_s")
+    check_tracking_uri(cfg.tracking.get("uri"))
+    if "path" in cfg.data and not Path(str(cfg.data.path)).expanduser().is_file():
+        raise UserError(f"data.path={cfg.data.path} does not exist: give the path of a CSV file")
     Thresholds.from_config(cfg.get("diagnosis"))
 
 

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from sqlalchemy import event
 
+from study.config import check_tracking_uri
 from study.errors import UserError
 from study.paths import PROJECT_ROOT, database_url
 from study.secrets import mask_log_records, redact
@@ -95,12 +96,8 @@ class Store:
         if uri.startswith("sqlite:///"):
             db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
             return cls(f"sqlite:///{db}", db.parent)
-        if _DATABASE.match(uri) or re.match(r"^https?://", uri) or uri.startswith("databricks"):
-            return cls(database_url(uri), None)
-        raise UserError(
-            f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
-            "sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
-        )
+        check_tracking_uri(uri)
+        return cls(database_url(uri), None)
 
     def client(self) -> MlflowClient:
         if self.artifact_root is not None:
