@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
 from helpers import all_runs
+from study.paths import CONF_DIR
 from study.run import run_one
 from study.train import FitResult, fit, prepare_data
 
@@ -31,10 +33,18 @@ BALANCED = [*SMALL, "trainer.max_epochs=300"]
 Train = Callable[..., FitResult]
 
 
-@pytest.fixture
-def train(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> Train:
+@pytest.fixture(scope="module")
+def train(tmp_path_factory: pytest.TempPathFactory) -> Train:
+    """Fits of the real conf/ with overrides; a config trained before is not trained again."""
+    fits: dict[str, FitResult] = {}
+
     def _train(*overrides: str) -> FitResult:
-        return fit(make_cfg(*overrides), tmp_path / "run")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        key = OmegaConf.to_yaml(cfg)
+        if key not in fits:
+            fits[key] = fit(cfg, tmp_path_factory.mktemp("run"))
+        return fits[key]
 
     return _train
 
