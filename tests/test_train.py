@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from helpers import tiny
 from study.config import validate
-from study.train import build_model, fit, prepare_data
+from study.paths import CONF_DIR
+from study.train import FitResult, build_model, fit, prepare_data
 
 # A learning rate high enough that val/loss turns up within a few dozen epochs.
 STOPS_EARLY = tiny(
@@ -26,6 +29,15 @@ def _cfg(make_cfg: MakeCfg, *overrides: str) -> DictConfig:
     cfg = make_cfg(*overrides)
     validate(cfg)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def stopped_early(tmp_path_factory: pytest.TempPathFactory) -> tuple[DictConfig, FitResult]:
+    """The classifier run that stops early, trained once for the tests that read it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=STOPS_EARLY)
+    validate(cfg)
+    return cfg, fit(cfg, tmp_path_factory.mktemp("stopped_early"))
 
 
 def _load_best(cfg: DictConfig, checkpoint: Path | None):
@@ -68,9 +80,9 @@ def test_sklearn_multiclass_data_trains_a_classifier(make_cfg: MakeCfg, tmp_path
 
 
 def test_early_stopping_stops_patience_epochs_after_the_best(
-    make_cfg: MakeCfg, tmp_path: Path
+    stopped_early: tuple[DictConfig, FitResult],
 ) -> None:
-    result = fit(_cfg(make_cfg, *STOPS_EARLY), tmp_path)
+    _, result = stopped_early
     losses = [row["val/loss"] for row in result.history]
     best_epoch = int(np.argmin(losses)) + 1
     assert result.stopped_early
@@ -80,9 +92,12 @@ def test_early_stopping_stops_patience_epochs_after_the_best(
     assert result.stopped_epoch == len(result.history) == best_epoch + 2  # patience=2
 
 
-def test_early_stopping_can_be_switched_off(make_cfg: MakeCfg, tmp_path: Path) -> None:
-    cfg = _cfg(make_cfg, *STOPS_EARLY, "trainer.max_epochs=20")
-    stopping = fit(cfg, tmp_path / "on")
+def test_early_stopping_can_be_switched_off(
+    stopped_early: tuple[DictConfig, FitResult], tmp_path: Path
+) -> None:
+    cfg, stopping = stopped_early
+    cfg = copy.deepcopy(cfg)
+    cfg.trainer.max_epochs = 20
     cfg.trainer.early_stopping.enabled = False
     running = fit(cfg, tmp_path / "off")
     assert stopping.stopped_epoch < 20  # the same run would have stopped...
@@ -96,9 +111,10 @@ def test_best_checkpoint_is_kept_in_the_output_dir(make_cfg: MakeCfg, tmp_path: 
     assert result.checkpoint.is_file()
 
 
-def test_checkpoint_holds_the_weights_of_the_best_epoch(make_cfg: MakeCfg, tmp_path: Path) -> None:
-    cfg = _cfg(make_cfg, *STOPS_EARLY)
-    result = fit(cfg, tmp_path)
+def test_checkpoint_holds_the_weights_of_the_best_epoch(
+    stopped_early: tuple[DictConfig, FitResult],
+) -> None:
+    cfg, result = stopped_early
     assert result.best_epoch < result.stopped_epoch  # so best and last weights differ
     model, splits = _load_best(cfg, result.checkpoint)
     with torch.no_grad():
@@ -108,10 +124,13 @@ def test_checkpoint_holds_the_weights_of_the_best_epoch(make_cfg: MakeCfg, tmp_p
 
 @pytest.mark.parametrize("model", ["classifier", "regressor"])
 def test_test_metrics_are_those_of_the_best_checkpoint(
-    make_cfg: MakeCfg, tmp_path: Path, model: str
+    make_cfg: MakeCfg, tmp_path: Path, model: str, stopped_early: tuple[DictConfig, FitResult]
 ) -> None:
-    cfg = _cfg(make_cfg, *STOPS_EARLY, f"model={model}")
-    result = fit(cfg, tmp_path)
+    if model == "classifier":
+        cfg, result = stopped_early
+    else:
+        cfg = _cfg(make_cfg, *STOPS_EARLY, f"model={model}")
+        result = fit(cfg, tmp_path)
     assert result.best_epoch < result.stopped_epoch
     reloaded, splits = _load_best(cfg, result.checkpoint)
     with torch.no_grad():
