@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
@@ -66,9 +68,24 @@ def test_default_config_is_valid(make_cfg: MakeCfg) -> None:
         ["optimizer=adamw"],
         ["optimizer=rmsprop", "model=regressor", "data=diabetes"],
         ["data=digits", "model.activation=tanh", "model.dropout=0.5"],
-        ["data=csv", "data.path=grades.csv", "data.target=passed"],
+        ["data=csv", "data.path={tmp}/grades.csv", "data.target=passed"],
         ["trainer.early_stopping.enabled=false", "trainer.early_stopping.patience=0"],
     ],
 )
-def test_valid_variants_pass(make_cfg: MakeCfg, overrides: list[str]) -> None:
-    validate(make_cfg(*overrides))
+def test_valid_variants_pass(make_cfg: MakeCfg, overrides: list[str], tmp_path: Path) -> None:
+    (tmp_path / "grades.csv").write_text("lectures,passed\n3,0\n")
+    validate(make_cfg(*(override.format(tmp=tmp_path) for override in overrides)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["tracking.uri=ftp://host/x"], "tracking.uri='ftp://host/x'"),
+        (["data=csv", "data.path=/no/such/grades.csv", "data.target=y"], "does not exist"),
+    ],
+)
+def test_what_needs_no_heavy_import_is_checked_before_it(
+    make_cfg: MakeCfg, overrides: list[str], fragment: str
+) -> None:
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        validate(make_cfg(*overrides))

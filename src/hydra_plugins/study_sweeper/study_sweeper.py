@@ -22,6 +22,7 @@ class StudySweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from study.sweep.driver import run_sweep
+        from study.sweep.plan import plan_sweep
 
         assert self.config is not None
         hydra_cfg = self.config.hydra
@@ -33,7 +34,7 @@ class StudySweeper(Sweeper):
         extra = [s.path for s in hydra_cfg.runtime.config_sources if s.provider == "command-line"]
         if extra:
             arguments = [*arguments, f"hydra.searchpath=[{','.join(extra)}]"]
-        run_sweep(
+        plan = plan_sweep(
             self.config,
             arguments,
             conf_dir,
@@ -41,4 +42,5 @@ class StudySweeper(Sweeper):
             Path(hydra_cfg.sweep.dir),
             choices,
         )
+        run_sweep(self.config, plan)
         return []

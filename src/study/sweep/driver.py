@@ -8,9 +8,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import optuna
 from mlflow.entities import Param as MlflowParam
@@ -21,7 +18,7 @@ from optuna.distributions import distribution_to_json
 from study.errors import UserError
 from study.secrets import redact
 from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage
-from study.sweep.plan import SweepPlan, plan_sweep
+from study.sweep.plan import SweepPlan
 from study.sweep.pool import Scheduler
 from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.recovery import Recovery
@@ -105,15 +102,8 @@ def worker_spec(
     )
 
 
-def run_sweep(
-    cfg: DictConfig,
-    overrides: Sequence[str],
-    conf_dir: str,
-    config_name: str,
-    sweep_dir: Path,
-    group_choices: dict[str, Any],
-) -> Tally:
-    plan = plan_sweep(cfg, overrides, conf_dir, config_name, sweep_dir, group_choices)
+def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
+    """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end."""
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan)

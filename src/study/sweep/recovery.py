@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -59,25 +60,17 @@ def close_trial_runs(
         client.set_terminated(run.info.run_id, "KILLED")
 
 
+@dataclass
 class Recovery:
     """What the sweep's parent does about trials whose worker is gone."""
 
-    def __init__(
-        self,
-        study: optuna.Study,
-        lock: StudyLock,
-        client: MlflowClient,
-        experiment_id: str,
-        parent_run_id: str,
-        retries: int,
-    ) -> None:
-        self.study = study
-        self.lock = lock
-        self.client = client
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.retries = retries
-        self.retried = 0
+    study: optuna.Study
+    lock: StudyLock
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    retries: int
+    retried: int = 0  # retries queued by this process
 
     def fail(self, number: int, reason: str) -> None:
         """Fail trial `number` (if still RUNNING) and its runs; queue a retry if allowed."""
