@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from helpers import PG_HOST, PG_PORT, PostgresServer
+from study.tracking import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -85,3 +86,21 @@ def postgres_server() -> PostgresServer:
     if os.environ.get("CI"):
         pytest.fail(f"{message}: in CI the postgres tests must run", pytrace=False)
     pytest.skip(f"{message}: start it to run the postgres tests")
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("store").resolve() / "mlruns"
+
+
+@pytest.fixture(scope="module")
+def store(store_dir: Path) -> Store:
+    # One sqlite store for the module: creating one costs about a second of schema migration.
+    return Store.from_config(f"sqlite:///{store_dir / 'mlflow.db'}")
+
+
+@pytest.fixture
+def experiment(store: Store, request: pytest.FixtureRequest) -> tuple[MlflowClient, str]:
+    """A new experiment, private to the test, in the module's store."""
+    client = store.client()
+    return client, store.experiment_id(client, request.node.name)

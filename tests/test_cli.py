@@ -1,4 +1,4 @@
-"""scripts/run.py as a user runs it: argv handling and a tracked run (bad input: e2e/test_bad_input.py)."""
+"""scripts/run.py as a user runs it: argv handling and a tracked run (bad input: e2e/)."""
 
 from __future__ import annotations
 
