@@ -86,6 +86,18 @@ def test_each_member_learns_at_its_own_learning_rate_and_dropout(lecture: Splits
     assert dropped.history[0]["train/loss"] != fast.history[0]["train/loss"]
 
 
+def test_dropout_draws_new_masks_every_step(lecture: Splits) -> None:
+    # With lr 0 the weights stay put: an epoch's mean loss moves only with the masks.
+    still = Member(seed=2, lr=0.0, max_epochs=2)
+    masked = Member(seed=2, lr=0.0, dropout=0.5, max_epochs=2)
+    train_pack([still, masked], lecture, ARCH, SGD, slots=2)
+    assert still.history[0]["train/loss"] == pytest.approx(
+        still.history[1]["train/loss"], abs=1e-6
+    )
+    assert abs(masked.history[0]["train/loss"] - masked.history[1]["train/loss"]) > 1e-3
+    assert masked.history[0]["val/loss"] == still.history[0]["val/loss"]  # no dropout in eval
+
+
 def test_a_member_that_blows_up_stops_as_diverged_and_leaves_its_mates_untouched(
     lecture: Splits,
 ) -> None:
