@@ -137,11 +137,18 @@ class PackedTask(pl.LightningModule):
         """One epoch of every active member; the mean training loss of each (by slot)."""
         plan = EpochPlan(list(self.active.values()), len(train), self.pad_rows, train.x.device)
         optimizer = self.optimizer
+        every_group = optimizer.param_groups
         for step in range(plan.steps):
             optimizer.zero_grad(set_to_none=True)  # members without a batch this step keep none
             total = sum(self._group_step(group, step, train) for group in plan.live(step))
             total.backward()  # type: ignore[union-attr]
-            optimizer.step()
+            # A torch optimizer visits every group, ~20 us each even without gradients (a third
+            # of a 64-member step): show it only the groups of members that had a batch.
+            optimizer.param_groups = [every_group[i] for i in plan.stepping[step]]
+            try:
+                optimizer.step()
+            finally:
+                optimizer.param_groups = every_group
         return plan.mean_losses(len(train))
 
     def _group_step(self, group: Group, step: int, train: Split) -> torch.Tensor:

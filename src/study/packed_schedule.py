@@ -64,6 +64,15 @@ class EpochPlan:
             by_rows.setdefault(pad_rows or slot.member.batch_size, []).append(slot)
         self.groups = [_group(members, n, rows, device) for rows, members in by_rows.items()]
         self.steps = max(group.steps for group in self.groups)
+        # Slot indices of the members with a batch at each step.
+        self.stepping = [
+            [
+                slot.index
+                for group in self.live(step)
+                for slot in group.slots[: group.participants[step]]
+            ]
+            for step in range(self.steps)
+        ]
 
     def live(self, step: int) -> Iterator[Group]:
         return (group for group in self.groups if step < group.steps)
