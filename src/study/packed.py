@@ -1,0 +1,387 @@
+"""Packed trials: K members (trials of one architecture and optimizer type) trained at once.
+
+`PackedTask` is one Lightning module over a `StackedMLP`; one Lightning "batch" is one epoch of
+every active member (as in `study.tasks`). Each member has its own parameter group (lr, weight
+decay), dropout rate, batch size, initialization, batch order and dropout masks, drawn from its
+own seed only, so its numbers do not depend on which members share its pack: `train_alone`
+reproduces a packed member exactly on CPU. After each epoch a member may stop (diverged, a hook
+such as a pruner, early stopping, max_epochs); its slot takes the next member of the source.
+
+Rows: each member's mini-batches are `pad_rows` rows, its own batch size padded with masked-out
+rows, or (`pad_rows=None`) exactly its batch size, with one stacked pass per batch size a step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as F
+
+from study.data import CLASSIFICATION, REGRESSION, Split, Splits
+from study.packed_nets import Arch, StackedMLP, dropout_keep, ghosted
+from study.packed_schedule import EpochPlan, Group, Slot
+
+OptimizerRecipe = Callable[..., torch.optim.Optimizer]  # a functools.partial of a torch optimizer
+MemberSource = Callable[[], "Member | None"]
+
+# Lightning's banners and its advice about data loaders do not apply to a pack's epoch loader.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+
+
+@dataclass
+class Member:
+    """One trial in a pack: its settings, then what training made of it."""
+
+    seed: int
+    lr: float
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    batch_size: int = 32
+    max_epochs: int = 50
+    patience: int | None = 10  # None: no early stopping
+    min_delta: float = 0.0
+    key: Any = None  # the caller's handle (e.g. an Optuna trial)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    best_weights: torch.Tensor | None = None  # flat; `PackedTask.net.state_dict_of` unpacks it
+    final_weights: torch.Tensor | None = None
+    stop_reason: str | None = None  # diverged | early_stopped | max_epochs | failed | a hook's
+    error: Exception | None = None  # what the epoch hook raised, when stop_reason is "failed"
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    _stall_best: float = math.inf  # early stopping's reference (lowers by more than min_delta)
+    _stall_epochs: int = 0
+
+
+EpochHook = Callable[[Member, dict[str, float]], "str | None"]  # returns a stop reason or None
+DoneHook = Callable[[Member], None]
+
+
+class PackedTask(pl.LightningModule):
+    """Trains members from `source` in `slots` slots until the source is exhausted."""
+
+    task: ClassVar[str]
+
+    def __init__(
+        self,
+        arch: Arch,
+        splits: Splits,
+        optimizer: OptimizerRecipe,
+        source: MemberSource,
+        slots: int,
+        pad_rows: int | None = None,
+        on_epoch_end: EpochHook | None = None,
+        on_member_done: DoneHook | None = None,
+        diverge_level: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = StackedMLP(arch, slots)
+        self.splits = splits
+        self.optimizer_recipe = optimizer
+        self.source = source
+        self.pad_rows = pad_rows
+        self.on_epoch_end_hook = on_epoch_end
+        self.on_member_done_hook = on_member_done
+        self.divergence_limit = diverge_level * baseline_loss(splits)
+        self.active: dict[int, Slot] = {}
+        self.done: list[Member] = []
+        self._source_exhausted = False
+
+    # Task-specific: per-row training losses and whole-split metrics, both per member.
+    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[K, rows, out] outputs and [K, rows] targets -> [K, rows] losses."""
+        raise NotImplementedError
+
+    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[K, n, out] outputs of a whole split, [n] targets -> name: [K], `loss` first."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": [p], "lr": 0.0, "weight_decay": 0.0} for p in self.net.slots]
+        return self.optimizer_recipe(groups, **_fused_if_offered(self.optimizer_recipe))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, index: int) -> Any:
+        return batch  # the splits already live on the device
+
+    def on_train_start(self) -> None:
+        self._refill()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizers().optimizer  # type: ignore[union-attr]
+
+    def training_step(self, splits: Splits, batch_idx: int) -> None:
+        if self.active:
+            train_losses = self._train_epoch(splits.train)
+            slots = list(self.active.values())
+            flats = [self.net.slots[slot.index] for slot in slots]
+            rows = self.evaluate(flats, splits.val, "val")
+            for slot, row in zip(slots, rows, strict=True):
+                row["train/loss"] = train_losses[slot.index]
+                self._end_member_epoch(slot, row)
+            self._refill()
+        if not self.active:
+            self.trainer.should_stop = True
+
+    def _train_epoch(self, train: Split) -> dict[int, float]:
+        """One epoch of every active member; the mean training loss of each (by slot)."""
+        plan = EpochPlan(list(self.active.values()), len(train), self.pad_rows, train.x.device)
+        optimizer = self.optimizer
+        every_group = optimizer.param_groups
+        for step in range(plan.steps):
+            optimizer.zero_grad(set_to_none=True)  # members without a batch this step keep none
+            total = sum(self._group_step(group, step, train) for group in plan.live(step))
+            total.backward()  # type: ignore[union-attr]
+            # A torch optimizer visits every group, ~20 us each even without gradients (a third
+            # of a 64-member step): show it only the groups of members that had a batch.
+            optimizer.param_groups = [every_group[i] for i in plan.stepping[step]]
+            try:
+                optimizer.step()
+            finally:
+                optimizer.param_groups = every_group
+        return plan.mean_losses(len(train))
+
+    def _group_step(self, group: Group, step: int, train: Split) -> torch.Tensor:
+        n = group.participants[step]
+        index, mask = group.index[step, :n], group.mask[step, :n]
+        counts = group.counts[step, :n]
+        keep = self._dropout(group, n)
+        params = [self.net.slots[slot.index] for slot in group.slots[:n]]
+        flats, x, y, valid, *rest = ghosted(
+            params, train.x[index], train.y[index], mask, *([keep] if keep is not None else [])
+        )
+        outputs = self.net(flats, x, rest[0] if rest else None)
+        sums = torch.where(valid, self.row_losses(outputs, y), 0.0).sum(dim=1)[:n]
+        losses = sums / counts
+        group.loss_sums[:n] += losses.detach() * counts
+        return losses.sum()
+
+    def _dropout(self, group: Group, n: int) -> torch.Tensor | None:
+        """Dropout multipliers of the first `n` members of `group`: each member draws its own
+        batch-size rows from its own generator (padding rows keep every unit)."""
+        slots = group.slots[:n]
+        if not any(slot.member.dropout > 0 for slot in slots):
+            return None  # multiplying by 1 would change no bit
+        uniform = torch.ones(n, group.rows, self.net.hidden_units, device=self.device)
+        for i, slot in enumerate(slots):
+            if slot.member.dropout > 0:
+                uniform[i, : slot.member.batch_size].uniform_(generator=slot.noise)
+        return dropout_keep(uniform, group.rates[:n])
+
+    @torch.no_grad()
+    def evaluate(
+        self, flats: list[torch.Tensor], split: Split, prefix: str
+    ) -> list[dict[str, float]]:
+        """Metrics of a whole split per member (dropout off), one device sync for all."""
+        k = len(flats)
+        stacked, x = ghosted(flats, split.x.expand(k, -1, -1).contiguous())
+        metrics = self.metrics(self.net(stacked, x), split.y)
+        values = torch.stack([value[:k] for value in metrics.values()], dim=1).tolist()
+        return [
+            {f"{prefix}/{name}": v for name, v in zip(metrics, row, strict=True)} for row in values
+        ]
+
+    def _end_member_epoch(self, slot: Slot, values: dict[str, float]) -> None:
+        member = slot.member
+        row = {"epoch": len(member.history) + 1, **values}
+        member.history.append(row)
+        if row["val/loss"] < member.best_val_loss:  # False for NaN: never best
+            member.best_val_loss, member.best_epoch = row["val/loss"], row["epoch"]
+            member.best_weights = self.net.slots[slot.index].detach().clone()
+        reason = self._stop_reason(member, row)
+        if reason is not None:
+            member.stop_reason = reason
+            self._finish(slot)
+
+    def _stop_reason(self, member: Member, row: dict[str, float]) -> str | None:
+        train_loss = row["train/loss"]
+        if not (math.isfinite(train_loss) and math.isfinite(row["val/loss"])):
+            return "diverged"
+        if math.isfinite(self.divergence_limit) and train_loss > self.divergence_limit:
+            return "diverged"
+        if self.on_epoch_end_hook is not None:
+            try:
+                reason = self.on_epoch_end_hook(member, row)
+            except Exception as error:  # the member fails; its pack mates go on
+                member.error = error
+                return "failed"
+            if reason is not None:
+                return reason
+        if _stalled(member, row["val/loss"]):
+            return "early_stopped"
+        return "max_epochs" if row["epoch"] >= member.max_epochs else None
+
+    def _finish(self, slot: Slot) -> None:
+        """Best weights back, their test metrics; the slot is free for the next member."""
+        member = slot.member
+        member.final_weights = self.net.slots[slot.index].detach().clone()
+        weights = member.best_weights if member.best_weights is not None else member.final_weights
+        member.test_metrics = self.evaluate([weights], self.splits.test, "test")[0]
+        del self.active[slot.index]
+        self.done.append(member)
+        if self.on_member_done_hook is not None:
+            self.on_member_done_hook(member)
+
+    def _refill(self) -> None:
+        free = [i for i in range(len(self.net.slots)) if i not in self.active]
+        for index in free:
+            member = None if self._source_exhausted else self.source()
+            if member is None:
+                self._source_exhausted = True
+                return
+            self._start(index, member)
+
+    def _start(self, index: int, member: Member) -> None:
+        """Put `member` in slot `index`: its initial weights, a fresh optimizer state, its lr."""
+        param = self.net.slots[index]
+        with torch.no_grad():
+            param.copy_(self.net.initial_weights(member.seed))
+        optimizer = self.optimizer
+        optimizer.state.pop(param, None)
+        group = optimizer.param_groups[index]
+        group["lr"], group["weight_decay"] = member.lr, member.weight_decay
+        self.active[index] = Slot(index, member, self.device)
+
+
+def _stalled(member: Member, val_loss: float) -> bool:
+    """Early stopping as Lightning's EarlyStopping(mode=min): no improvement by more than
+    min_delta for `patience` epochs."""
+    if member.patience is None:
+        return False
+    if val_loss - member.min_delta < member._stall_best:
+        member._stall_best, member._stall_epochs = val_loss, 0
+        return False
+    member._stall_epochs += 1
+    return member._stall_epochs >= member.patience
+
+
+def _fused_if_offered(recipe: OptimizerRecipe) -> dict[str, bool]:
+    """Fused kernels where the optimizer has them: one call per member instead of a dozen."""
+    target = getattr(recipe, "func", recipe)
+    return {"fused": True} if "fused" in inspect.signature(target).parameters else {}
+
+
+class PackedClassifier(PackedTask):
+    """Logits + cross-entropy, one logit with binary cross-entropy for two classes."""
+
+    task = CLASSIFICATION
+
+    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if outputs.shape[2] == 1:
+            return F.binary_cross_entropy_with_logits(
+                outputs.squeeze(2), target.float(), reduction="none"
+            )
+        return F.cross_entropy(outputs.transpose(1, 2), target, reduction="none")
+
+    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        target = target.expand(outputs.shape[0], -1)
+        if outputs.shape[2] == 1:
+            predicted = (outputs.squeeze(2) > 0).long()
+        else:
+            predicted = outputs.argmax(dim=2)
+        accuracy = (predicted == target).float().mean(dim=1)
+        return {"loss": self.row_losses(outputs, target).mean(dim=1), "acc": accuracy}
+
+
+class PackedRegressor(PackedTask):
+    """Mean squared error on the standardized target; RMSE and MAE in the target's units."""
+
+    task = REGRESSION
+
+    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (outputs.squeeze(2) - target).pow(2)
+
+    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        error = outputs.squeeze(2) - target
+        mse = error.pow(2).mean(dim=1)
+        variance = (target - target.mean()).pow(2).mean().clamp_min(1e-12)
+        scale = self.splits.target_scale
+        return {
+            "loss": mse,
+            "rmse": mse.sqrt() * scale,
+            "mae": error.abs().mean(dim=1) * scale,
+            "r2": 1 - mse / variance,
+        }
+
+
+TASKS: dict[str, type[PackedTask]] = {
+    CLASSIFICATION: PackedClassifier,
+    REGRESSION: PackedRegressor,
+}
+
+
+def baseline_loss(splits: Splits) -> float:
+    """The training loss of the best constant predictor (as `study.train.baseline_loss`)."""
+    target = splits.train.y
+    if splits.task == REGRESSION:
+        return float(((target - target.mean()) ** 2).mean())
+    frequencies = torch.bincount(target).float() / len(target)
+    frequencies = frequencies[frequencies > 0]
+    return float(-(frequencies * frequencies.log()).sum())
+
+
+class _Epochs:
+    """What Lightning iterates: one item per epoch, the splits."""
+
+    def __init__(self, splits: Splits) -> None:
+        self.splits = splits
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Any:
+        yield self.splits
+
+
+def train_pack(
+    members: Iterable[Member] | MemberSource,
+    splits: Splits,
+    arch: Arch,
+    optimizer: OptimizerRecipe,
+    slots: int,
+    pad_rows: int | None = None,
+    on_epoch_end: EpochHook | None = None,
+    on_member_done: DoneHook | None = None,
+    diverge_level: float = 3.0,
+) -> list[Member]:
+    """Train `members` (an iterable, or a callable returning the next or None) `slots` at a
+    time on `splits`; the members in the order they finished."""
+    source = members if callable(members) else _next_of(iter(members))
+    task = TASKS[splits.task](
+        arch, splits, optimizer, source, slots, pad_rows, on_epoch_end, on_member_done,
+        diverge_level,
+    )  # fmt: skip
+    device = splits.train.x.device
+    trainer = pl.Trainer(
+        accelerator="cuda" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=-1,  # the pack ends when its source does
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(task, _Epochs(splits))
+    return task.done
+
+
+def train_alone(member: Member, splits: Splits, arch: Arch, optimizer: OptimizerRecipe,
+                pad_rows: int | None = None, **hooks: Any) -> Member:  # fmt: skip
+    """One member through the packed code path: how a packed trial is reproduced."""
+    return train_pack([member], splits, arch, optimizer, 1, pad_rows, **hooks)[0]
+
+
+def _next_of(members: Any) -> MemberSource:
+    return lambda: next(members, None)
