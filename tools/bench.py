@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import optuna
@@ -165,9 +165,14 @@ class TimedMetricsLogger(MetricsLogger):
         super().on_train_epoch_end(trainer, pl_module)
         self.seconds += time.perf_counter() - start
 
-    def finish(self, values: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    def finish(
+        self,
+        values: Mapping[str, float],
+        tags: Mapping[str, str],
+        history: Sequence[Mapping[str, float]] = (),
+    ) -> None:
         start = time.perf_counter()
-        super().finish(values, tags)
+        super().finish(values, tags, history)
         self.seconds += time.perf_counter() - start
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -62,7 +62,12 @@ class MetricsLogger(pl.Callback):
             self.flush()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        history: list[dict[str, float]] = getattr(pl_module, "history", [])
+        self.buffer(getattr(pl_module, "history", []))
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def buffer(self, history: Sequence[Mapping[str, float]]) -> None:
+        """Queue the epochs of `history` not queued yet (step = epoch)."""
         now_ms = int(time.time() * 1000)
         for row in history[self._sent_epochs :]:
             epoch = int(row["epoch"])
@@ -71,12 +76,17 @@ class MetricsLogger(pl.Callback):
                 for name, value in row.items()
                 if name != "epoch"
             ]
-        self._sent_epochs = len(history)
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
+        self._sent_epochs = max(self._sent_epochs, len(history))
 
-    def finish(self, values: Mapping[str, float], tags: Mapping[str, str]) -> None:
-        """The buffered epochs, the run's final metrics (step 0) and its tags: one write."""
+    def finish(
+        self,
+        values: Mapping[str, float],
+        tags: Mapping[str, str],
+        history: Sequence[Mapping[str, float]] = (),
+    ) -> None:
+        """The curve's epochs not sent yet, the run's final metrics (step 0) and its tags: one
+        write."""
+        self.buffer(history)
         self._pending += final_metrics(values)
         self.flush(redacted_tags(tags))
 
@@ -161,8 +171,13 @@ class TrialReporter(pl.Callback):
 
     def outcome_tags(self) -> dict[str, str]:
         """How the trial ended, for its run's final write."""
-        if self.stop_reason is not None:
-            return {"trial_state": "PRUNED", "reason": self.stop_reason}
-        if self.best is None:
-            return {"trial_state": "FAIL", "reason": f"metric {self.metric!r} was never logged"}
-        return {"trial_state": "COMPLETE"}
+        return trial_outcome(self.stop_reason, self.best, self.metric)
+
+
+def trial_outcome(stop_reason: str | None, best: float | None, metric: str) -> dict[str, str]:
+    """A trial's state and why, from why it stopped early (pruned, diverged) and its best value."""
+    if stop_reason is not None:
+        return {"trial_state": "PRUNED", "reason": stop_reason}
+    if best is None:
+        return {"trial_state": "FAIL", "reason": f"metric {metric!r} was never logged"}
+    return {"trial_state": "COMPLETE"}

@@ -58,6 +58,15 @@ class Splits:
     fingerprint: str
     target_scale: float = 1.0  # regression targets are standardized; metrics scale back by this
 
+    def baseline_loss(self) -> float:
+        """The training loss of the best constant predictor: the unit of the fit diagnosis."""
+        target = self.train.y
+        if self.task == REGRESSION:
+            return float(((target - target.mean()) ** 2).mean())  # predict the mean
+        frequencies = torch.bincount(target).float() / len(target)  # the class frequencies
+        frequencies = frequencies[frequencies > 0]
+        return float(-(frequencies * frequencies.log()).sum())
+
 
 class Batches:
     """Mini-batches sliced from tensors that already live on the training device.

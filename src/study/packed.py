@@ -92,7 +92,7 @@ class PackedTask(pl.LightningModule):
         self.pad_rows = pad_rows
         self.on_epoch_end_hook = on_epoch_end
         self.on_member_done_hook = on_member_done
-        self.divergence_limit = diverge_level * baseline_loss(splits)
+        self.divergence_limit = diverge_level * splits.baseline_loss()
         self.active: dict[int, Slot] = {}
         self.done: list[Member] = []
         self._source_exhausted = False
@@ -193,10 +193,11 @@ class PackedTask(pl.LightningModule):
 
     def _end_member_epoch(self, slot: Slot, values: dict[str, float]) -> None:
         member = slot.member
-        row = {"epoch": len(member.history) + 1, **values}
+        epoch = len(member.history) + 1
+        row = {"epoch": float(epoch), **values}
         member.history.append(row)
         if row["val/loss"] < member.best_val_loss:  # False for NaN: never best
-            member.best_val_loss, member.best_epoch = row["val/loss"], row["epoch"]
+            member.best_val_loss, member.best_epoch = row["val/loss"], epoch
             member.best_weights = self.net.slots[slot.index].detach().clone()
         reason = self._stop_reason(member, row)
         if reason is not None:
@@ -318,16 +319,6 @@ TASKS: dict[str, type[PackedTask]] = {
     CLASSIFICATION: PackedClassifier,
     REGRESSION: PackedRegressor,
 }
-
-
-def baseline_loss(splits: Splits) -> float:
-    """The training loss of the best constant predictor (as `study.train.baseline_loss`)."""
-    target = splits.train.y
-    if splits.task == REGRESSION:
-        return float(((target - target.mean()) ** 2).mean())
-    frequencies = torch.bincount(target).float() / len(target)
-    frequencies = frequencies[frequencies > 0]
-    return float(-(frequencies * frequencies.log()).sum())
 
 
 class _Epochs:

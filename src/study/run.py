@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 
 from study.callbacks import MetricsLogger
 from study.config import resolved_config
+from study.packing import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
 from study.secrets import redact
@@ -105,41 +107,71 @@ def run_one(
     client = store.client()
     experiment_id = store.experiment_id(client, cfg.tracking.experiment)
     config_files = write_config_files(cfg, overrides, output_dir)
-    run_tags = {
+    with (
+        tracked_run(
+            client, experiment_id, run_name, run_tags(cfg, tags), flatten(cfg), parent_run_id
+        ) as run_id,
+        MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s)) as metrics_logger,
+    ):
+        if is_packed(cfg):
+            result = fit_packed(cfg, output_dir, prepared)
+        else:
+            result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
+        record_result(
+            client,
+            run_id,
+            metrics_logger,
+            result,
+            [*config_files, plot_run(cfg, result, output_dir, run_name)],
+            outcome_tags() if outcome_tags else {},
+        )
+    return RunOutcome(run_id, experiment_id, result)
+
+
+def run_tags(cfg: DictConfig, tags: Mapping[str, str] | None) -> dict[str, str]:
+    """A run's tags at its start: code, versions, seed and threads, and the caller's."""
+    return {
         **environment_tags(),
         "seed": str(cfg.seed),
         "torch.threads": str(torch.get_num_threads()),
         **(tags or {}),
     }
-    with (
-        tracked_run(
-            client, experiment_id, run_name, run_tags, flatten(cfg), parent_run_id
-        ) as run_id,
-        MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s)) as metrics_logger,
-    ):
-        result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
-        fit_tags = {"fit": result.diagnosis.verdict, "fit.reason": result.diagnosis.reason}
-        curves = plot_curves(
-            result.history,
-            output_dir / "curves.png",
-            title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
-            verdict=fit_tags["fit"],
-            note=fit_tags["fit.reason"],
-            baseline=result.baseline_loss,
-        )
-        for path in [*config_files, curves]:
-            client.log_artifact(run_id, str(path))
-        if result.checkpoint is not None:
-            client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
-        # Last, so that a run whose artifacts failed carries no outcome: the curve's last
-        # epochs, the final metrics and the tags in one write.
-        metrics_logger.finish(
-            result.summary(),
-            tags={
-                "data.fingerprint": result.data_fingerprint,
-                "device": result.device,
-                **fit_tags,
-                **(outcome_tags() if outcome_tags else {}),
-            },
-        )
-    return RunOutcome(run_id, experiment_id, result)
+
+
+def plot_run(cfg: DictConfig, result: FitResult, output_dir: Path, run_name: str | None) -> Path:
+    """curves.png: the run's curves, titled with its verdict."""
+    return plot_curves(
+        result.history,
+        output_dir / "curves.png",
+        title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
+        verdict=result.diagnosis.verdict,
+        note=result.diagnosis.reason,
+        baseline=result.baseline_loss,
+    )
+
+
+def record_result(
+    client: MlflowClient,
+    run_id: str,
+    metrics_logger: MetricsLogger,
+    result: FitResult,
+    artifacts: Sequence[Path],
+    outcome_tags: Mapping[str, str],
+) -> None:
+    """The artifacts, then the curve's last epochs, the final metrics and the tags in one write:
+    last, so that a run whose artifacts failed carries no outcome."""
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    if result.checkpoint is not None:
+        client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
+    metrics_logger.finish(
+        result.summary(),
+        tags={
+            "data.fingerprint": result.data_fingerprint,
+            "device": result.device,
+            "fit": result.diagnosis.verdict,
+            "fit.reason": result.diagnosis.reason,
+            **outcome_tags,
+        },
+        history=result.history,
+    )

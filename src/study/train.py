@@ -155,7 +155,7 @@ def fit(
         default_root_dir=str(output_dir),
     )
     model = build_model(cfg, splits)
-    model.baseline_loss = baseline_loss(splits)  # callbacks judge divergence against it
+    model.baseline_loss = splits.baseline_loss()  # callbacks judge divergence against it
     started = time.perf_counter()
     trainer.fit(model, EpochLoader(data.train_batches(splits), splits.val))
     fit_seconds = time.perf_counter() - started
@@ -168,7 +168,7 @@ def fit(
         history=model.history,
         test_metrics=test_metrics,
         checkpoint=best_path,
-        device=_device_name(device),
+        device=device_name(device),
         data_fingerprint=splits.fingerprint,
         stopped_early=trainer.should_stop,
         fit_seconds=fit_seconds,
@@ -177,16 +177,6 @@ def fit(
             model.history, Thresholds.from_config(cfg.get("diagnosis")), baseline
         ),
     )
-
-
-def baseline_loss(splits: Splits) -> float:
-    """The training loss of the best constant predictor: the unit of the fit diagnosis."""
-    target = splits.train.y
-    if splits.task == REGRESSION:
-        return float(((target - target.mean()) ** 2).mean())  # predict the mean
-    frequencies = torch.bincount(target).float() / len(target)  # predict the class frequencies
-    frequencies = frequencies[frequencies > 0]
-    return float(-(frequencies * frequencies.log()).sum())
 
 
 def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
@@ -200,7 +190,7 @@ def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
     )
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         index = device.index or 0
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -90,6 +90,7 @@ def worker_spec(
         n_trials=plan.n_trials,
         retries=plan.retries,
         heartbeat_s=plan.heartbeat_s,
+        pack=plan.pack,
         base_config={str(key): value for key, value in base.items()},
         overrides=plan.overrides,
         config_name=plan.config_name,
@@ -123,7 +124,8 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
         print(
             f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
             f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
-            f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}; "
+            f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
+            f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}; "
             f"storage {redact(plan.storage_url)}",
             flush=True,
         )

@@ -15,7 +15,7 @@ import selectors
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,7 +82,7 @@ class Worker:
     process: subprocess.Popen[bytes]
     events: IO[str]
     log_path: Path
-    trial: int | None = None  # the trial number it is running, once it said so
+    trials: set[int] = field(default_factory=set)  # the trials it runs, as it said
     ready: bool = False  # it finished starting up (imports, study loaded)
     exhausted: bool = False  # it found every trial taken and exits
     done: bool = False
@@ -167,6 +167,8 @@ class Scheduler:
         self.selector.register(worker.events, selectors.EVENT_READ, worker)
 
     def _go_on(self, worker: Worker) -> None:
+        if worker.exhausted:
+            return  # it reads no more commands
         if self.failed_here >= self.max_failures:
             self.stop_reason = (
                 f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
@@ -177,15 +179,16 @@ class Scheduler:
     def _handle(self, worker: Worker, event: Event) -> None:
         if isinstance(event, Ready):
             worker.ready = True
-            self._go_on(worker)
+            for _ in range(event.slots):
+                self._go_on(worker)
         elif isinstance(event, Started):
-            worker.trial = event.number
+            worker.trials.add(event.number)
         elif isinstance(event, Finished):
-            worker.trial = None
+            worker.trials.discard(event.number)
             self.failed_here += event.state == "FAIL"
             self._go_on(worker)
         elif isinstance(event, Exhausted):
-            worker.exhausted = True  # it exits now; nothing is left to replace it for
+            worker.exhausted = True  # it takes no more trials; nothing to replace it for
         self.on_event(event)
 
     def run(self) -> None:
@@ -211,9 +214,12 @@ class Scheduler:
             return
         worker.done = True
         self.selector.unregister(worker.events)
-        worker.events.close()
         code = worker.process.wait()
-        if (code == 0 and worker.trial is None) or worker.exhausted:
+        # What it said before it exited may still sit in the pipe: its last trials' ends.
+        for line in worker.events:
+            self._handle(worker, decode_event(line))
+        worker.events.close()
+        if code == 0 and not worker.trials:
             return
         if not worker.ready and code > 0:  # it failed to start: another would fail the same way
             self.stop_reason = self.stop_reason or (
@@ -221,11 +227,11 @@ class Scheduler:
                 f"see {worker.log_path}"
             )
             return
-        # Killed (or crashed) mid-trial: fail that trial, then carry on with a fresh worker.
-        if worker.trial is not None:
+        # Killed (or crashed) mid-trial: fail its trials, then carry on with a fresh worker.
+        for number in sorted(worker.trials):
             self.failed_here += 1
-            self.on_worker_lost(worker.trial)
-            self.on_event(Lost(worker.trial, code))
+            self.on_worker_lost(number)
+            self.on_event(Lost(number, code))
         if self.replaced >= MAX_REPLACEMENTS_PER_SLOT * len(self.slots):
             self.stop_reason = self.stop_reason or f"workers died {self.replaced} times: giving up"
         if not self.stop_reason:

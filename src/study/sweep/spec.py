@@ -30,6 +30,7 @@ class WorkerSpec:
     n_trials: int
     retries: int
     heartbeat_s: int
+    pack: int  # trials a worker trains at once (1: one at a time)
     base_config: dict[str, Any]  # a trial's run config before its sampled values are set
     overrides: list[str]  # the command line's overrides: composed again when a group is sampled
     config_name: str
@@ -77,7 +78,9 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class Ready:
-    """The worker has imported everything and loaded the study: it can take trials."""
+    """The worker has imported everything and loaded the study: it can take `slots` trials."""
+
+    slots: int = 1
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class Finished:
 
 @dataclass(frozen=True)
 class Exhausted:
-    """Every trial of the study is taken: the worker exits."""
+    """Every trial of the study is taken: the worker takes no more, and exits once the trials
+    it runs have finished."""
 
 
 @dataclass(frozen=True)
