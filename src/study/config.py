@@ -21,6 +21,7 @@ from study.nets import ACTIVATIONS
 from study.secrets import redact
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+ENGINES = ("single", "packed")
 _TRACKING_URI = re.compile(
     r"^(sqlite:///|(postgresql|mysql|mssql)(\+\w+)?://|https?://|databricks)"
 )
@@ -141,6 +142,8 @@ def _validate(cfg: DictConfig) -> None:
     _fraction(cfg, "model.dropout")
 
     _at_least(cfg, "trainer.max_epochs", 1)
+    if cfg.trainer.get("engine", "single") not in ENGINES:
+        raise _fail("trainer.engine", cfg.trainer.engine, f"use one of {', '.join(ENGINES)}")
     if cfg.trainer.accelerator not in ACCELERATORS:
         raise _fail(
             "trainer.accelerator", cfg.trainer.accelerator, f"use one of {', '.join(ACCELERATORS)}"
