@@ -34,6 +34,7 @@ class ProgressLine:
         self.n_trials = n_trials
         self.read = read
         self.start = time.monotonic()
+        self.shown: Tally | None = None
         self.already = read().finished
         self.tty = sys.stdout.isatty()
 
@@ -61,7 +62,11 @@ class ProgressLine:
                 "failed; a new worker takes over"
             )
         if isinstance(event, Finished | Lost):
-            self._print(self.render(self.read()), overwrite=True)
+            tally = self.read()
+            # Trials of a pack often end in the same epoch: one line per change of the study.
+            if tally != self.shown:
+                self.shown = tally
+                self._print(self.render(tally), overwrite=True)
 
     def _print(self, line: str, overwrite: bool = False) -> None:
         if self.tty and overwrite:
