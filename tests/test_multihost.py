@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 
 from helpers import PostgresServer, one_error_line
 from study.search import FINISHED, PARENT_RUN_ATTR, make_storage
-from study.server import server_command, server_env, wait_until_up
 from study.tracking import Store
+from study.ui import server_command, server_env, wait_until_up
 
 RUN = Path(__file__).resolve().parents[1] / "scripts" / "run.py"
 STUDY = "multihost"

@@ -32,8 +32,8 @@ from omegaconf import OmegaConf
 
 from helpers import all_runs, one_error_line
 from study.search import FINISHED, make_storage
-from study.server import server_command, server_env, wait_until_up
 from study.tracking import Store
+from study.ui import server_command, server_env, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "scripts" / "run.py"

@@ -63,27 +63,6 @@ def reproduce_main(argv: list[str] | None = None) -> int:
 
 
 def ui_main(argv: list[str] | None = None) -> int:
-    from study.errors import OneLineParser, report
-    from study.server import DEFAULT_EXPERIMENT, serve_ui
-    from study.tracking import Store
+    from study.ui import main
 
-    parser = OneLineParser(description="Open the MLflow UI on the project's store.")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to open")
-    parser.add_argument(
-        "--artifacts",
-        help="a database store's artifact folder or bucket URI (default: ./mlartifacts)",
-    )
-    try:
-        args = parser.parse_args(argv)
-        return serve_ui(
-            Store.from_config(args.tracking_uri),
-            args.host,
-            args.port,
-            args.experiment,
-            args.artifacts,
-        )
-    except Exception as error:
-        return report(error)
+    return main(argv)
