@@ -43,15 +43,37 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TRAINING_VIEW = "machine_learning"
-# MLflow 3.17's bundled UI takes its view from the URL's `workflowType`, else from this
-# localStorage entry (its useLocalStorage hook stores `${key}_v${version}`, JSON-encoded), else
-# GenAI. Links inside the app drop `workflowType`, so the entry is what keeps every click in
-# the training view.
+# MLflow 3.17's bundled UI takes its view from the URL's `workflowType`, else from a localStorage
+# entry, else GenAI. Links inside the app drop `workflowType`, so the entry is what keeps every
+# click in the training view. Its useLocalStorage hook stores `${key}_v${version}`, JSON-encoded.
 VIEW_STORAGE_KEY = "mlflow.workflowType_v1"
-_SEED_ARGS = f"{json.dumps(VIEW_STORAGE_KEY)}, {json.dumps(json.dumps(TRAINING_VIEW))}"
-SEED_SCRIPT = (
-    f"<script>try {{ localStorage.setItem({_SEED_ARGS}) }} catch (e) {{}}</script>".encode()
-)
+# Set on every page load: the training view, even after a visit to another MLflow server here.
+FORCED = {VIEW_STORAGE_KEY: TRAINING_VIEW}
+# Set once, when absent (the user's later choice stands): no AI assistant panel opening itself
+# over a third of the screen on the first visit.
+DEFAULTS = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
+
+
+_SEED_JS = """<script>(function (forced, defaults) {
+  try {
+    for (const [key, value] of Object.entries(forced)) localStorage.setItem(key, value);
+    for (const [key, value] of Object.entries(defaults))
+      if (localStorage.getItem(key) === null) localStorage.setItem(key, value);
+  } catch (e) {}
+})(%s, %s)</script>"""
+
+
+def seed_script(forced: dict[str, Any], defaults: dict[str, Any]) -> bytes:
+    """An inline <script> writing these localStorage entries before the app reads them."""
+
+    def stored(entries: dict[str, Any]) -> str:
+        as_stored = {key: json.dumps(value) for key, value in entries.items()}
+        return json.dumps(as_stored).replace("</", "<\\/")
+
+    return (_SEED_JS % (stored(forced), stored(defaults))).encode()
+
+
+SEED_SCRIPT = seed_script(FORCED, DEFAULTS)
 # Revalidation headers: a browser that cached the page from a plain `mlflow server` on the same
 # port would otherwise get 304 and reuse the page without the script.
 _CACHE_HEADERS = {b"content-length", b"etag", b"last-modified", b"cache-control", b"expires"}
