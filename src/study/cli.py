@@ -8,6 +8,7 @@ Heavy imports (torch, Lightning, MLflow) wait until the arguments are checked.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -169,28 +170,32 @@ def reproduce_main(argv: list[str] | None = None) -> int:
         return report(error)
 
 
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
 def ui_main(argv: list[str] | None = None) -> int:
-    from study.server import DEFAULT_EXPERIMENT, serve_ui
+    """`scripts/ui.py`: the MLflow UI on the project's store, in the model-training view."""
     from study.tracking import Store
+    from study.ui import serve_ui
 
     parser = OneLineParser(description="Open the MLflow UI on the project's store.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--port", type=port_number, default=5000)
     parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to open")
+    parser.add_argument(
+        "--experiment", help="experiment to open (default: all with runs, newest first)"
+    )
     parser.add_argument(
         "--artifacts",
         help="a database store's artifact folder or bucket URI (default: ./mlartifacts)",
     )
     try:
         args = parser.parse_args(argv)
-        return serve_ui(
-            Store.from_config(args.tracking_uri),
-            args.host,
-            args.port,
-            args.experiment,
-            args.artifacts,
-        )
+        store = Store.from_config(args.tracking_uri)
+        return serve_ui(store, args.host, args.port, args.experiment, args.artifacts)
     except Exception as error:
         return report(error)
 

@@ -27,10 +27,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from helpers import PostgresServer, one_error_line
-from study.server import server_command, server_env, wait_until_up
 from study.sweep.backends import FINISHED, make_storage
 from study.sweep.driver import PARENT_RUN_ATTR
 from study.tracking import Store
+from study.ui import server_command, server_env, wait_until_up
 
 RUN = Path(__file__).resolve().parents[2] / "scripts" / "run.py"
 STUDY = "multihost"

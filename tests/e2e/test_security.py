@@ -19,9 +19,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -329,9 +330,11 @@ class UI:
 
     @property
     def link(self) -> str:
-        return next(line for line in self.output if line.startswith("runs: ")).removeprefix(
-            "runs: "
-        )
+        """The first link ui.py printed (the newest experiment's runs, or the experiments)."""
+        return next(line for line in self.output if LINK.match(line)).rsplit(" ", 1)[1]
+
+
+LINK = re.compile(r"^(runs of .*|no runs yet; experiments): http")
 
 
 @contextlib.contextmanager
@@ -351,13 +354,16 @@ def ui(*args: str, cwd: Path, timeout_s: float = 120) -> Iterator[UI]:
     started = UI(process, port, [])
     try:
         deadline = time.monotonic() + timeout_s
+        pending = ""  # raw reads: a text readline would buffer lines the selector never sees
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
-            while not any(line.startswith("runs: ") for line in started.output):
+            while not any(LINK.match(line) for line in started.output):
                 assert time.monotonic() < deadline, started.output
                 assert process.poll() is None, started.output
                 if selector.select(timeout=1):
-                    started.output.append(process.stdout.readline().rstrip("\n"))
+                    pending += os.read(process.stdout.fileno(), 65536).decode()
+                    *lines, pending = pending.split("\n")
+                    started.output += lines
         yield started
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -374,6 +380,8 @@ def ui(*args: str, cwd: Path, timeout_s: float = 120) -> Iterator[UI]:
 @pytest.mark.slow
 def test_ui_binds_127_0_0_1_says_so_and_links_the_model_training_view(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(store)
+    client.set_terminated(client.create_run(client.create_experiment("lecture")).info.run_id)
     with ui("--tracking-uri", store, cwd=tmp_path) as server:
         assert re.fullmatch(
             rf"http://127\.0\.0\.1:{server.port}/#/experiments/\d+/runs"
@@ -386,16 +394,39 @@ def test_ui_binds_127_0_0_1_says_so_and_links_the_model_training_view(tmp_path: 
         assert set(listening_addresses(server.port)) == {"127.0.0.1"}
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--port", "70000"], "'70000' is not a TCP port"),
+        (["--tracking-uri", "sqlite:///{tmp}/typo/mlflow.db"], "no MLflow store at"),
+        (["--port", "{busy}"], "cannot listen on 127.0.0.1"),
+    ],
+    ids=["port-out-of-range", "store-missing", "port-busy"],
+)
+def test_ui_refuses_bad_input_in_one_line(
+    args: list[str], says: str, tmp_path: Path, run_script: Callable[..., Any]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        filled = [arg.format(tmp=tmp_path, busy=port) for arg in args]
+        store = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+        MlflowClient(store[1]).search_experiments()  # the store exists: only `args` is wrong
+        line = one_error_line(run_script("ui", *store, *filled, timeout=60))
+    assert says in line, line
+    assert not (tmp_path / "typo").exists()  # no empty store made for a typo
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_ui_on_a_database_store_keeps_its_password_off_command_lines_and_output(
     postgres: Postgres, tmp_path: Path
 ) -> None:
     with ui("--tracking-uri", postgres.url(), cwd=tmp_path) as server:
-        # The user typed the URL on ui.py's command line; the processes it starts must not
+        # The user typed the URL on ui.py's command line; any process it starts must not
         # repeat it there (any user of the machine can list command lines).
         started = session_command_lines(server.process.pid, but=server.process.pid)
-        assert any("mlflow" in line and "server" in line for line in started), started
         assert not [line for line in started if SECRET in line]
     assert SECRET not in "\n".join(server.output)
     assert files_holding(tmp_path, SECRET) == []

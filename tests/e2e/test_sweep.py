@@ -30,9 +30,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from helpers import all_runs
-from study.server import server_command, server_env, wait_until_up
 from study.sweep.backends import FINISHED, make_storage
 from study.tracking import Store
+from study.ui import server_command, server_env, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "scripts" / "run.py"

@@ -1,0 +1,355 @@
+"""The MLflow UI on our store (scripts/ui.py), and the `mlflow server` command tests start.
+
+scripts/ui.py serves MLflow's own ASGI app in this process (uvicorn, one worker, no job
+runner): one Python start instead of three (mlflow CLI, uvicorn, and our script), a console
+that shows only the links and errors, and Ctrl-C, SIGTERM and SIGHUP stop everything at once.
+The one change to MLflow's UI: the page that loads the app (GET /) first sets the browser's
+view mode to model training, so no click lands in MLflow 3's GenAI view (README: Browse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from study.errors import UserError
+from study.secrets import redact
+from study.tracking import Store, runs_url
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TRAINING_VIEW = "machine_learning"
+# MLflow 3.17's bundled UI takes its view from the URL's `workflowType`, else from a localStorage
+# entry, else GenAI. Links inside the app drop `workflowType`, so the entry is what keeps every
+# click in the training view. Its useLocalStorage hook stores `${key}_v${version}`, JSON-encoded.
+VIEW_STORAGE_KEY = "mlflow.workflowType_v1"
+# Set on every page load: the training view, even after a visit to another MLflow server here.
+FORCED = {VIEW_STORAGE_KEY: TRAINING_VIEW}
+# Set once, when absent (the user's later choice stands): no AI assistant panel opening itself
+# over a third of the screen on the first visit.
+DEFAULTS = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
+
+
+_SEED_JS = """<script>(function (forced, defaults) {
+  try {
+    for (const [key, value] of Object.entries(forced)) localStorage.setItem(key, value);
+    for (const [key, value] of Object.entries(defaults))
+      if (localStorage.getItem(key) === null) localStorage.setItem(key, value);
+  } catch (e) {}
+})(%s, %s)</script>"""
+
+
+def seed_script(forced: dict[str, Any], defaults: dict[str, Any]) -> bytes:
+    """An inline <script> writing these localStorage entries before the app reads them."""
+
+    def stored(entries: dict[str, Any]) -> str:
+        as_stored = {key: json.dumps(value) for key, value in entries.items()}
+        return json.dumps(as_stored).replace("</", "<\\/")
+
+    return (_SEED_JS % (stored(forced), stored(defaults))).encode()
+
+
+SEED_SCRIPT = seed_script(FORCED, DEFAULTS)
+# Revalidation headers: a browser that cached the page from a plain `mlflow server` on the same
+# port would otherwise get 304 and reuse the page without the script.
+_CACHE_HEADERS = {b"content-length", b"etag", b"last-modified", b"cache-control", b"expires"}
+_CONDITIONAL_HEADERS = {b"if-none-match", b"if-modified-since"}
+
+
+# --- the page that loads the app ------------------------------------------------------------
+
+
+def seed_training_view(page: bytes) -> bytes:
+    """The UI's index.html with the view mode set before the app's scripts run."""
+    head = page.find(b"<head>")
+    at = head + len(b"<head>") if head >= 0 else 0
+    return page[:at] + SEED_SCRIPT + page[at:]
+
+
+class TrainingView:
+    """ASGI middleware: GET / (the page every UI URL loads) gets seed_training_view.
+
+    The request still goes through MLflow's app, so its host checks and security headers
+    apply; only the body, its length and its cache headers change.
+    """
+
+    def __init__(self, app: ASGIApp, page_path: str = "/") -> None:
+        self.app = app
+        self.page_path = page_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.page_path:
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _CONDITIONAL_HEADERS]
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def send_seeded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)  # held back: the length changes
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            await _send_page(send, start, b"".join(chunks))
+
+        await self.app({**scope, "headers": headers}, receive, send_seeded)
+
+
+async def _send_page(send: Send, start: Message, body: bytes) -> None:
+    response_headers = [(k, v) for k, v in start["headers"] if k.lower() not in _CACHE_HEADERS]
+    if start["status"] == 200 and (b"content-type", b"text/html; charset=utf-8") in [
+        (k.lower(), v.lower()) for k, v in start["headers"]
+    ]:
+        body = seed_training_view(body)
+    response_headers += [
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-cache"),
+    ]
+    await send({**start, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- which experiments to open ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    url: str
+
+
+def newest_first(client: MlflowClient) -> list[tuple[str, str]]:
+    """(id, name) of each experiment that holds runs, the one with the most recent run first."""
+    latest: list[tuple[int, str, str]] = []
+    for experiment in client.search_experiments():
+        runs = client.search_runs(
+            [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"]
+        )
+        if runs:
+            started = runs[0].info.start_time or 0
+            latest.append((started, experiment.experiment_id, experiment.name))
+    return [(id_, name) for _, id_, name in sorted(latest, reverse=True)]
+
+
+def experiment_links(client: MlflowClient, url: str, experiment: str | None) -> list[Link]:
+    """The runs table of `experiment`, else of every experiment with runs, newest first."""
+    if experiment is None:
+        return [Link(name, runs_url(url, id_)) for id_, name in newest_first(client)]
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise UserError(f"no experiment {experiment!r} in this store (it has: {names})")
+    return [Link(found.name, runs_url(url, found.experiment_id))]
+
+
+def link_lines(links: list[Link], url: str) -> list[str]:
+    if not links:
+        return [f"no runs yet; experiments: {url}/#/experiments?workflowType={TRAINING_VIEW}"]
+    return [f"runs of {link.name}: {link.url}" for link in links]
+
+
+# --- serving --------------------------------------------------------------------------------
+
+
+def check_store_exists(store: Store) -> None:
+    """A sqlite store that is not there is a typo, not a wish for an empty store."""
+    if store.uri.startswith("sqlite:///"):
+        path = Path(store.uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(
+                f"no MLflow store at {path}: run `python scripts/run.py` (or a sweep) first, "
+                "or pass --tracking-uri sqlite:///path/to/mlflow.db"
+            )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything slow starts: a busy port fails at once."""
+    try:
+        [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )
+    except socket.gaierror as error:
+        raise UserError(f"--host {host!r} is not an address of this machine: {error}") from error
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port}: {error.strerror} (another server? try --port)"
+        ) from error
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_settings(store: Store, artifacts: str | None) -> dict[str, str]:
+    """What `mlflow server` passes its app in the environment, for our store."""
+    from mlflow.server import constants
+
+    if store.artifact_root is not None:
+        artifact_root = (store.artifact_root / "artifacts").as_uri()
+    else:
+        artifact_root = "mlflow-artifacts:/"  # proxied: hosts upload through the server
+    settings = {
+        constants.BACKEND_STORE_URI_ENV_VAR: store.uri,
+        constants.REGISTRY_STORE_URI_ENV_VAR: store.uri,
+        constants.ARTIFACT_ROOT_ENV_VAR: artifact_root,
+        constants.SERVE_ARTIFACTS_ENV_VAR: "true",
+        "_MLFLOW_SGI_NAME": "uvicorn",
+        "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
+        "MLFLOW_ENABLE_WORKSPACES": "false",
+    }
+    if artifacts is not None:
+        settings[constants.ARTIFACTS_DESTINATION_ENV_VAR] = artifacts
+    return settings
+
+
+def quiet() -> None:
+    """Links and errors only: no access log, INFO lines or deprecation notices of libraries."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"starlette\.middleware\.wsgi is deprecated")
+    for name in ("mlflow", "alembic", "sqlalchemy", "huey"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def mlflow_app(store: Store, artifacts: str | None) -> ASGIApp:
+    """MLflow's server app on `store`, with the training view seeded."""
+    settings = server_settings(store, artifacts)
+    os.environ.update(server_env(store))
+    os.environ.update(settings)
+    quiet()
+    import uvicorn  # noqa: F401  # before mlflow.server: it turns its security checks on then
+    from mlflow.server.constants import ARTIFACT_ROOT_ENV_VAR
+    from mlflow.server.fastapi_app import app
+    from mlflow.server.handlers import initialize_backend_stores
+
+    quiet()  # importing MLflow's server resets its loggers
+    initialize_backend_stores(store.uri, store.uri, settings[ARTIFACT_ROOT_ENV_VAR])
+    return TrainingView(app)
+
+
+def run_server(app: ASGIApp, sock: socket.socket, on_start: Callable[[], None]) -> None:
+    """Serve until Ctrl-C, SIGTERM or SIGHUP; `on_start` once it answers."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                on_start()
+
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, timeout_graceful_shutdown=3, lifespan="on"
+    )
+    server = Server(config)
+    # uvicorn handles SIGINT and SIGTERM; a closed terminal (SIGHUP) stops it as SIGTERM does.
+    signal.signal(signal.SIGHUP, lambda _, frame: server.handle_exit(signal.SIGTERM, frame))
+    gc.freeze()  # what the start loaded lives until exit: no 1-2 s of collecting it at Ctrl-C
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        server.run(sockets=[sock])
+
+
+def serve_ui(
+    store: Store,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    experiment: str | None = None,
+    artifacts: str | None = None,
+) -> int:
+    """Run the UI until stopped; print the links to the runs tables once it answers."""
+    check_store_exists(store)
+    sock = bind(host, port)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    lines = link_lines(experiment_links(store.client(), url, experiment), url)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: binding {host}: anyone who can reach this machine can read and "
+            "change your runs (the MLflow UI has no login)",
+            file=sys.stderr,
+        )
+    else:
+        lines.insert(0, f"MLflow UI bound to {host} (this machine only; --host to change)")
+    app = mlflow_app(store, artifacts)
+    run_server(app, sock, lambda: print("\n".join(lines), flush=True))
+    return 0
+
+
+# --- `mlflow server` as a separate process (tests, scripted set-ups) ------------------------
+
+
+def server_command(store: Store, host: str, port: int, artifacts: str | None = None) -> list[str]:
+    """`mlflow server` on the store: one worker and no job runner start it in seconds, not 20.
+
+    On a database store (PostgreSQL: many machines) the server keeps the artifacts in
+    `artifacts` (a folder or a bucket URI) and proxies them: hosts upload through it and
+    need no shared folder.
+    """
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    command = [mlflow, "server", "--host", host, "--port", str(port), "--workers", "1"]
+    if redact(store.uri) == store.uri:  # else server_env(store) passes it: `ps` shows argv to all
+        command += ["--backend-store-uri", store.uri]
+    if store.artifact_root is not None:
+        command += ["--default-artifact-root", (store.artifact_root / "artifacts").as_uri()]
+    elif artifacts is not None:
+        command += ["--artifacts-destination", artifacts]
+    return command
+
+
+def server_env(store: Store | None = None) -> dict[str, str]:
+    """The server's environment; it carries the store's URI, which may hold a password."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # One worker needs few database connections; the default pool (5 + 10) crowds a shared
+    # PostgreSQL that every sweep host also connects to.
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "2")
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "3")
+    if store is not None:
+        env["MLFLOW_BACKEND_STORE_URI"] = store.uri
+    return env
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(
+                f"the MLflow server exited with code {process.returncode}: "
+                "is the port already in use? try --port"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.25)
+    raise UserError(f"the MLflow server did not answer at {url} within {timeout_s:.0f} s")

@@ -1,0 +1,243 @@
+"""scripts/ui.py in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright)
+clicks through the UI on a store with a small study and a plain run, and after every page asserts
+that MLflow 3 stayed in its model-training view instead of switching to GenAI.
+
+Screenshots of every page are left in the test's tmp_path (pytest keeps the last three runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import tiny
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STUDY = "browsed"
+TRIALS = 3
+
+
+def _need_browser() -> None:
+    """Skip where the browser is missing, except in CI: there this test must run."""
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("Playwright's Python client (pip install -e '.[dev]')")
+    if missing:
+        message = f"no headless browser: missing {' and '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: in CI the browser test must run", pytrace=False)
+        pytest.skip(message)
+
+
+def _script(name: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / f"{name}.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small study and a plain run (experiment `study`), trained side by side."""
+    work = tmp_path_factory.mktemp("browsed")
+    uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+    runs = [
+        _script("run", f"tracking.uri={uri}", *tiny("trainer.max_epochs=3"), cwd=work),
+        _script(
+            "run",
+            "-m",
+            "sweep",
+            f"tracking.uri={uri}",
+            f"sweep.storage={work / 'study.journal'}",
+            f"hydra.sweep.dir={work / 'sweep'}",
+            f"sweep.study_name={STUDY}",
+            f"sweep.n_trials={TRIALS}",
+            "sweep.workers=2",
+            *tiny("trainer.max_epochs=3"),
+            cwd=work,
+        ),
+    ]
+    for run in runs:
+        output, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, output
+    return uri
+
+
+def newest_first(uri: str) -> list[str]:
+    """The experiments by their most recent run, newest first: what ui.py must list."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    latest: dict[str, int] = {}
+    for run in runs:
+        name = client.get_experiment(run.info.experiment_id).name
+        latest[name] = max(latest.get(name, 0), run.info.start_time)
+    return sorted(latest, key=lambda name: latest[name], reverse=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class UI:
+    process: subprocess.Popen[str]
+    url: str
+    output: list[str]
+    started_s: float
+
+    @property
+    def links(self) -> list[tuple[str, str]]:
+        """(experiment, link) as printed, in order."""
+        found = []
+        for line in self.output:
+            if line.startswith("runs of "):
+                name, link = line.rstrip("\n").removeprefix("runs of ").rsplit(": ", 1)
+                found.append((name, link))
+        return found
+
+
+@contextlib.contextmanager
+def ui(store: str, timeout_s: float = 60) -> Iterator[UI]:
+    """scripts/ui.py until it prints its links; stopped with a plain SIGTERM, as `kill` does."""
+    port = _free_port()
+    began = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "ui.py"), "--tracking-uri", store, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    started = UI(process, f"http://127.0.0.1:{port}", [], 0.0)
+    reader = threading.Thread(target=lambda: started.output.extend(process.stdout or []))
+    reader.start()
+    try:
+        while not started.links:
+            assert time.monotonic() - began < timeout_s, started.output
+            assert process.poll() is None, started.output
+            time.sleep(0.1)
+        started.started_s = time.monotonic() - began
+        time.sleep(0.5)  # the other links, printed with the first
+        yield started
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
+            reader.join(timeout=10)
+
+
+def assert_training_view(page, what: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    """The sidebar follows the view: its Docs link points at the ML docs, never the GenAI ones,
+    and none of the GenAI view's pages (judges, sessions, prompts) is offered."""
+    docs = page.locator("aside a[href*='mlflow.org/docs/latest/']").first
+    docs.wait_for(state="attached")
+    page.screenshot(path=str(shots / f"{len(list(shots.iterdir())):02d}-{what}.png"))
+    href = docs.get_attribute("href") or ""
+    assert "/docs/latest/ml/" in href, f"{what}: GenAI view ({href}) at {page.url}"
+    genai_only = page.locator("aside a[href*='/judges'], aside a[href*='/chat-sessions']")
+    assert genai_only.count() == 0, f"{what}: GenAI navigation at {page.url}"
+    assert page.get_by_text("Detect Issues").count() == 0, f"{what}: GenAI pop-up at {page.url}"
+
+
+def test_every_page_a_click_reaches_stays_in_the_model_training_view(
+    store: str, tmp_path: Path
+) -> None:
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with ui(store) as server, sync_playwright() as playwright:
+        assert [name for name, _ in server.links] == newest_first(store), server.output
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+        run_links = page.locator("[role=row] a[href*='/runs/']")
+
+        page.goto(dict(server.links)[STUDY])
+        run_links.first.wait_for()
+        assert_training_view(page, "runs", shots)
+        assert page.get_by_text(f"study {STUDY}").count() > 0  # the study's parent run
+
+        run_links.first.click()
+        page.get_by_role("tab", name="Model metrics").wait_for()
+        assert_training_view(page, "run", shots)
+
+        page.go_back()
+        run_links.first.wait_for()
+        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        run_links.nth(TRIALS).wait_for()  # the parent and its trials
+        for trial in (1, 2):
+            run_links.nth(trial).locator("xpath=ancestor::*[@role='row']").locator(
+                "input.ag-checkbox-input"
+            ).check(force=True)
+        page.get_by_role("button", name="Compare").click()
+        page.wait_for_url("**/compare-runs?**")
+        assert_training_view(page, "compare", shots)
+
+        page.locator("a[href*='metric=%22val%2Floss%22']").first.click()
+        page.wait_for_url("**/metric?**")
+        assert_training_view(page, "metric", shots)
+
+        page.locator("aside a[href='#/experiments']").first.click()
+        listed = page.locator(f"a.experiment-link[title='{STUDY}']")
+        listed.wait_for()
+        assert_training_view(page, "experiments", shots)
+        listed.click()
+        run_links.first.wait_for()
+        assert_training_view(page, "experiment-from-list", shots)
+        page.go_back()
+        listed.wait_for()
+        assert_training_view(page, "experiments-again", shots)
+
+        # A first visit (nothing in localStorage) to a bare experiment URL, no workflowType.
+        experiment = MlflowClient(store).get_experiment_by_name(STUDY)
+        assert experiment is not None
+        fresh = browser.new_context().new_page()
+        fresh.goto(f"{server.url}/#/experiments/{experiment.experiment_id}")
+        fresh.locator("[role=row] a[href*='/runs/']").first.wait_for(timeout=30_000)
+        assert_training_view(fresh, "opened-directly", shots)
+        browser.close()
+
+    console = [line.rstrip("\n") for line in server.output if line.strip()]
+    assert all(line.startswith(("MLflow UI bound to", "runs of ")) for line in console), console
+    assert server.process.returncode == -signal.SIGTERM, server.output
+    print(f"ui.py answered after {server.started_s:.1f} s; screenshots: {shots}")
