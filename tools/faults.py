@@ -67,9 +67,9 @@ def outcome_of(
     )
 
 
-def kill_worker(folder: Path) -> Outcome:
-    """SIGKILL one worker mid-trial: its trial fails, a new worker retries it."""
-    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", *SLOW)
+def kill_worker(folder: Path, *overrides: str) -> Outcome:
+    """SIGKILL one worker mid-trial: its trials fail, a new worker retries them."""
+    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", *SLOW, *overrides)
     process = sweep.start()
     number = sweep.wait_for_running_trial()
     killed_at = datetime.now()

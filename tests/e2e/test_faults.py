@@ -13,21 +13,23 @@ from mlflow.tracking import MlflowClient
 pytestmark = pytest.mark.slow
 
 
-def test_a_killed_worker_costs_one_failed_trial_that_is_retried(tmp_path: Path) -> None:
-    outcome = kill_worker(tmp_path)
+@pytest.mark.parametrize("pack", [1, 2])
+def test_a_killed_worker_fails_each_trial_it_held_and_each_is_retried(
+    tmp_path: Path, pack: int
+) -> None:
+    outcome = kill_worker(tmp_path, f"sweep.pack={pack}")
     assert outcome.ok, outcome
     trials = Sweep(tmp_path).trials()
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert len(failed) == 1
-    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
-    assert retry.params == failed[0].params
-    assert retry.state == optuna.trial.TrialState.COMPLETE
-    killed = [
-        r
-        for r in Sweep(tmp_path).runs()
-        if r.data.tags.get("trial_number") == str(failed[0].number)
-    ]
-    assert [r.info.status for r in killed] == ["KILLED"]
+    assert len(failed) == pack  # one trial at a time, or the whole pack the worker trained
+    runs = Sweep(tmp_path).runs()
+    for trial in failed:
+        [retry] = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
+        assert retry.params == trial.params
+        assert retry.state == optuna.trial.TrialState.COMPLETE
+        killed = [r for r in runs if r.data.tags.get("trial_number") == str(trial.number)]
+        assert [r.info.status for r in killed] == ["KILLED"]
+    assert all(r.info.status != "RUNNING" for r in runs)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
