@@ -523,6 +523,9 @@ def pruning_sweeps(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) ->
         sweep.run(
             "search=hopeless",
             f"sweep.pruner={pruner}",
+            # One at a time, the median pruner compares each trial with those before it; the
+            # trials of one pack run side by side (packed pruning: tests/test_packed.py).
+            f"sweep.pack={1 if pruner == 'median' else 'auto'}",
             "sweep.sampler=random",
             "sweep.seed=0",
             "sweep.n_trials=6",

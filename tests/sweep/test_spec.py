@@ -36,6 +36,7 @@ def _spec() -> WorkerSpec:
         n_trials=20,
         retries=1,
         heartbeat_s=10,
+        pack=8,
         base_config={"optimizer": {"lr": 0.001}, "model": {"hidden_sizes": [32, 32]}},
         overrides=["data=wine"],
         config_name="sweep",

@@ -68,11 +68,18 @@ class PackRunner:
         self.next_trial = next_trial
         self.maximize = self.spec.direction == "maximize"
         self.base = resolved_config(runner.base)
-        self.prepared: PreparedData = prepare_data(self.base)  # the same data for every trial
-        self.experiment_id = runner.store.experiment_id(runner.client, self.spec.study_name)
         self.running: dict[int, PackedTrial] = {}
 
     def run(self) -> None:
+        try:
+            self.prepared: PreparedData = prepare_data(self.base)  # every member's data
+            self.experiment_id = self.runner.store.experiment_id(
+                self.runner.client, self.spec.study_name
+            )
+        except Exception as error:  # as one at a time: each trial fails, saying why
+            while (trial := self.next_trial()) is not None:
+                self._fail(trial, error)
+            return
         splits = self.prepared.splits
         try:
             train_pack(
