@@ -272,6 +272,18 @@ def test_csv_classification_data_with_a_regressor_is_a_mismatch(tmp_path: Path) 
         pytest.param("a,b,y\n1,2,0\n3,x,1\n", "y", ["'b'", "non-numeric", "line 3"], id="text"),
         pytest.param("a,b,y\n1,2,0\n3,4,1\n5,,0\n", "y", ["'b'", "missing", "line 4"], id="gap"),
         pytest.param("y\n1\n0\n", "y", ["only the target"], id="target-only"),
+        pytest.param(
+            "hours,lectures,hours,y\n1,2,3,0\n3,4,5,1\n",
+            "y",
+            ["duplicate column names", "'hours' (2 times)"],
+            id="duplicate-feature",
+        ),
+        pytest.param(
+            "a,y,y,b,b,b\n1,0,1,2,3,4\n3,1,0,4,5,6\n",
+            "y",
+            ["'b' (3 times), 'y' (2 times)"],
+            id="duplicate-target-and-feature",
+        ),
     ],
 )
 def test_bad_csv_is_a_user_error_naming_what_is_wrong(
