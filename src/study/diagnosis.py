@@ -100,8 +100,8 @@ def diagnose(
     baselines, or val/loss still falling `still_falling` baselines per epoch over the last
     `window` epochs, with train/loss falling and val/loss lowest in the window's second half);
     else good (its reason says "still falling" when val/loss is lowest at the last epoch, else
-    where it bottomed out). Without a baseline, the first epoch's train/loss is the unit and the level rule
-    is skipped.
+    where it bottomed out). Without a baseline, the first epoch's train/loss is the unit and the
+    level rule is skipped.
     """
     if not train or len(train) != len(val):
         raise ValueError(f"need equally long, non-empty curves, got {len(train)} and {len(val)}")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sqlalchemy import event
 
 from study.errors import UserError
-from study.paths import PROJECT_ROOT, database_url
+from study.paths import choose_tracking_uri, database_url
 from study.secrets import mask_log_records, redact
 
 
@@ -88,18 +88,21 @@ class Store:
     artifact_root: Path | None
 
     @classmethod
-    def from_config(cls, uri: str | None) -> Store:
-        if not uri:
-            db = PROJECT_ROOT / "mlruns" / "mlflow.db"
-            return cls(f"sqlite:///{db}", db.parent)
-        if uri.startswith("sqlite:///"):
-            db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-            return cls(f"sqlite:///{db}", db.parent)
-        if _DATABASE.match(uri) or re.match(r"^https?://", uri) or uri.startswith("databricks"):
-            return cls(database_url(uri), None)
+    def from_config(cls, uri: str | None, given_by: str = "tracking.uri") -> Store:
+        """The store `uri` names; without one, MLFLOW_TRACKING_URI's, else the project's."""
+        choice = choose_tracking_uri(uri, given_by)
+        if choice.uri.startswith("sqlite:///"):
+            db = Path(choice.uri.removeprefix("sqlite:///"))
+            return cls(choice.uri, db.parent)
+        if (
+            _DATABASE.match(choice.uri)
+            or re.match(r"^https?://", choice.uri)
+            or choice.uri.startswith("databricks")
+        ):
+            return cls(database_url(choice.uri), None)
         raise UserError(
-            f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
-            "sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
+            f"{choice.source}={redact(choice.uri)!r} is not a tracking store MLflow can use: "
+            "give sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
         )
 
     def client(self) -> MlflowClient:
