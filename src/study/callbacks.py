@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -189,8 +190,14 @@ class EpochProgress(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.max_epochs or 0
         if self.stream.isatty():
+            # A terminal that reports no size (a bare pty) gets 80x24: tqdm would draw nothing.
+            columns, lines = shutil.get_terminal_size()
             self._bar = tqdm(
-                total=total, unit="epoch", desc="training", file=self.stream, dynamic_ncols=True
+                total=total,
+                bar_format="{n_fmt}/{total_fmt} epochs |{bar:12}| {elapsed}<{remaining}{postfix}",
+                file=self.stream,
+                ncols=columns,
+                nrows=lines,
             )
         self._every = max(1, math.ceil(total / self.lines))
 
@@ -198,7 +205,8 @@ class EpochProgress(pl.Callback):
         row = epoch_history(pl_module)[-1]
         epoch = int(row["epoch"])
         if self._bar is not None:
-            self._bar.set_postfix_str(_epoch_values(row), refresh=False)
+            losses = {name: row[name] for name in ("train/loss", "val/loss")}
+            self._bar.set_postfix_str(_epoch_values(losses), refresh=False)
             self._bar.update(epoch - self._bar.n)
         elif epoch % self._every == 0 or epoch == trainer.max_epochs:
             self._line(epoch, trainer.max_epochs, row)
