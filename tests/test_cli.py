@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from helpers import all_runs, one_error_line, tiny
-from study.cli import reproduce_command, run_plan, split_config_name
+from study.cli import reproduce_command, run_hydra, run_plan, split_config_name, train_job
 from study.paths import choose_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +110,45 @@ def test_the_reproduce_command_names_a_store_that_is_not_the_default(
     assert reproduce_command("abc", given) == (
         "python scripts/reproduce.py abc --tracking-uri 'postgresql://study:***@db/mlflow'"
     )
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as stopped:  # Hydra exits after printing the help
+        run_hydra(train_job, [*argv, "--help"])
+    assert stopped.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_help_lists_the_commands_config_groups_and_keys_as_the_readme_shows(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # run_hydra sets it; restored after the test
+    shown = _help(capsys)
+    for fragment in [
+        "python scripts/run.py -m sweep",
+        "python scripts/run.py -m compare",
+        "python scripts/reproduce.py RUN_ID",
+        "python scripts/compare.py RUN_ID RUN_ID",
+        "python scripts/ui.py",
+        "data: breast_cancer, csv, diabetes, digits, lecture, wine",
+        "optimizer: adam, adamw, rmsprop, sgd",
+        "preset: balanced, tiny, wide",
+        "optimizer.lr=0.001",
+        "trainer.max_epochs=50",
+        "README.md",
+    ]:
+        assert fragment in shown, fragment
+    readme = (ROOT / "README.md").read_text()
+    assert f"```text\n{shown.rstrip()}\n```" in readme  # README.md shows it as it is
+
+
+def test_help_shows_the_values_of_the_command_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    shown = _help(capsys, "sweep", "optimizer=sgd")
+    assert "here data=lecture model=classifier optimizer=sgd:" in shown
+    assert "optimizer.lr=0.05 " in shown
 
 
 # Stops the process at the first import of a heavy library, saying which.
