@@ -117,7 +117,8 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     `hydra.sweeper.params` and the command line's sweeps (the command line wins a key)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    grid = config.hydra.sweeper.get("params") or {}
+    params = [f"{key}={value}" for key, value in grid.items()]
     parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
     choices: dict[str, list[str]] = {}
     for override in parsed:
