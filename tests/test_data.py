@@ -23,6 +23,8 @@ from study.errors import UserError
 
 CPU = torch.device("cpu")
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _rows(split: Split) -> set[tuple[float, ...]]:
     return {tuple(row) for row in split.x.tolist()}
@@ -346,3 +348,11 @@ def test_shuffled_order_changes_between_epochs_and_seeds() -> None:
 def test_unshuffled_batches_keep_row_order() -> None:
     batches = Batches(_numbered_split(10), batch_size=4, shuffle=False)
     assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_the_example_csv_is_the_lecture_data_written_out() -> None:
+    """docs/grades.csv, the README's CSV example: 200 students of seed 0, pass/fail."""
+    shipped = CsvData(str(ROOT / "docs" / "grades.csv"), "passed").load(CLASSIFICATION)
+    lecture = LectureData(n_samples=200, seed=0).load(CLASSIFICATION)
+    assert np.array_equal(shipped.target, lecture.target)
+    assert np.allclose(shipped.features, lecture.features, atol=0.5)  # lectures: whole numbers
