@@ -31,10 +31,6 @@ def test_without_either_the_default_store_is_used_and_said(tmp_path: Path) -> No
     assert choice.describe().endswith("mlruns/mlflow.db (the default store)")
 
 
-def test_a_flag_can_name_itself_as_the_source() -> None:
-    assert choose_tracking_uri("http://h:5000", "--tracking-uri").source == "--tracking-uri"
-
-
 @pytest.mark.parametrize(
     ("cwd", "expected"),
     [

@@ -122,6 +122,7 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
     return 0
 
 
+_DEFAULT_STORE = "(default: MLFLOW_TRACKING_URI, else the project's)"
 # Primary configs meant for -m; without it they train one run, which a user may not expect.
 MULTIRUN_CONFIGS = {"sweep": "runs the Optuna study", "compare": "trains and compares the presets"}
 
@@ -209,7 +210,7 @@ def run_main() -> int:
 def reproduce_main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Rerun an MLflow run from what it logged.")
     parser.add_argument("run_id")
-    parser.add_argument("--tracking-uri", help="store holding the run (default: the project's)")
+    parser.add_argument("--tracking-uri", help=f"store holding the run {_DEFAULT_STORE}")
     try:
         args = parser.parse_args(argv)
         from study.reproduce import reproduce  # torch, Lightning, MLflow: after the arguments
@@ -226,7 +227,7 @@ def ui_main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Open the MLflow UI on the project's store.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
+    parser.add_argument("--tracking-uri", help=f"store to browse {_DEFAULT_STORE}")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to open")
     parser.add_argument(
         "--artifacts",
@@ -252,7 +253,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
     parser = OneLineParser(description="Compare MLflow runs: curves side by side, verdicts, table")
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
-    parser.add_argument("--tracking-uri", help="store holding the runs (default: the project's)")
+    parser.add_argument("--tracking-uri", help=f"store holding the runs {_DEFAULT_STORE}")
     parser.add_argument(
         "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
     )

@@ -33,7 +33,7 @@ class TrackingChoice:
     """The tracking URI a command uses and what chose it, as a user would name it."""
 
     uri: str
-    source: str  # "tracking.uri" (or the flag that gave it), TRACKING_ENV, or "default"
+    source: str  # "tracking.uri", TRACKING_ENV or "default"
 
     def describe(self) -> str:
         """The URI, password masked, and what chose it unless the command line did."""
@@ -41,13 +41,13 @@ class TrackingChoice:
         return f"{redact(self.uri)}{origins.get(self.source, '')}"
 
 
-def choose_tracking_uri(given: str | None, given_by: str = "tracking.uri") -> TrackingChoice:
+def choose_tracking_uri(given: str | None) -> TrackingChoice:
     """`given` wins; else MLFLOW_TRACKING_URI, as MLflow users expect; else the project's store.
 
     A local sqlite path comes back absolute, so the store is the same whatever the folder.
     """
     if given:
-        uri, source = given, given_by
+        uri, source = given, "tracking.uri"
     elif os.environ.get(TRACKING_ENV):
         uri, source = os.environ[TRACKING_ENV], TRACKING_ENV
     else:

@@ -88,9 +88,9 @@ class Store:
     artifact_root: Path | None
 
     @classmethod
-    def from_config(cls, uri: str | None, given_by: str = "tracking.uri") -> Store:
+    def from_config(cls, uri: str | None) -> Store:
         """The store `uri` names; without one, MLFLOW_TRACKING_URI's, else the project's."""
-        choice = choose_tracking_uri(uri, given_by)
+        choice = choose_tracking_uri(uri)
         if choice.uri.startswith("sqlite:///"):
             db = Path(choice.uri.removeprefix("sqlite:///"))
             return cls(choice.uri, db.parent)
