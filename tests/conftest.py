@@ -15,11 +15,19 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from helpers import PG_HOST, PG_PORT, PostgresServer
+from study.paths import TRACKING_ENV
 from study.tracking import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SCRIPTS = ROOT / "scripts"
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's MLFLOW_TRACKING_URI would choose the store of every test (and of the
+    scripts they start) that relies on the default; tests about the variable set it."""
+    monkeypatch.delenv(TRACKING_ENV, raising=False)
 
 
 @pytest.fixture

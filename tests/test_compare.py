@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, open_dict
 
 from helpers import all_runs, one_error_line
 from study.cli import compare_main
+from study.compare import CompareCallback, job_overrides
+from study.paths import CONF_DIR
+from study.tracking import PARENT_RUN_ENV
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 # Every preset on a small class of students; the presets keep their own epochs and capacity.
@@ -215,3 +221,60 @@ def test_compare_on_unusable_data_fails_before_any_run_exists(
     )
     assert "use model=regressor" in one_error_line(result)
     assert all_runs(mlflow_client) == []
+
+
+# --- the jobs checked before the parent run exists ----------------------------------------
+
+
+@pytest.fixture
+def compare_config(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., DictConfig]]:
+    """The config `-m compare` hands its callback, `task` being the command line's overrides;
+    composed inside an initialized Hydra, as a running app's callback is."""
+
+    def _make(*task: str) -> DictConfig:
+        uri = f"tracking.uri={tracking_uri}"
+        config = compose("compare", overrides=[uri], return_hydra_config=True)
+        with open_dict(config):
+            config.hydra.overrides.task = [*task, uri]
+        return config
+
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield _make
+
+
+def test_job_overrides_are_the_grid_with_the_command_line_winning(
+    compare_config: Callable[..., DictConfig],
+) -> None:
+    jobs = job_overrides(compare_config("preset=balanced,wide", "model.dropout=0.0,0.5"))
+    presets_and_dropout = [[o for o in job if not o.startswith("tracking.")] for job in jobs]
+    assert presets_and_dropout == [
+        ["preset=balanced", "model.dropout=0.0"],
+        ["preset=balanced", "model.dropout=0.5"],
+        ["preset=wide", "model.dropout=0.0"],
+        ["preset=wide", "model.dropout=0.5"],
+    ]
+
+
+def test_an_unknown_preset_leaves_no_parent_run(
+    compare_config: Callable[..., DictConfig], mlflow_client: MlflowClient
+) -> None:
+    callback = CompareCallback()
+    callback.on_multirun_start(compare_config("preset=tiny,huge"))
+    assert callback.parent_run_id is None
+    assert PARENT_RUN_ENV not in os.environ
+    assert all_runs(mlflow_client) == []
+
+
+def test_known_presets_get_a_parent_run(
+    compare_config: Callable[..., DictConfig], mlflow_client: MlflowClient
+) -> None:
+    callback = CompareCallback()
+    callback.on_multirun_start(compare_config("preset=tiny,wide"))
+    try:
+        assert [r.info.run_id for r in all_runs(mlflow_client)] == [callback.parent_run_id]
+    finally:
+        atexit.unregister(callback._close_unfinished)
+        callback._close_unfinished()

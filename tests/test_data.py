@@ -23,6 +23,8 @@ from study.errors import UserError
 
 CPU = torch.device("cpu")
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _rows(split: Split) -> set[tuple[float, ...]]:
     return {tuple(row) for row in split.x.tolist()}
@@ -272,6 +274,18 @@ def test_csv_classification_data_with_a_regressor_is_a_mismatch(tmp_path: Path) 
         pytest.param("a,b,y\n1,2,0\n3,x,1\n", "y", ["'b'", "non-numeric", "line 3"], id="text"),
         pytest.param("a,b,y\n1,2,0\n3,4,1\n5,,0\n", "y", ["'b'", "missing", "line 4"], id="gap"),
         pytest.param("y\n1\n0\n", "y", ["only the target"], id="target-only"),
+        pytest.param(
+            "hours,lectures,hours,y\n1,2,3,0\n3,4,5,1\n",
+            "y",
+            ["duplicate column names", "'hours' (2 times)"],
+            id="duplicate-feature",
+        ),
+        pytest.param(
+            "a,y,y,b,b,b\n1,0,1,2,3,4\n3,1,0,4,5,6\n",
+            "y",
+            ["'b' (3 times), 'y' (2 times)"],
+            id="duplicate-target-and-feature",
+        ),
     ],
 )
 def test_bad_csv_is_a_user_error_naming_what_is_wrong(
@@ -334,3 +348,11 @@ def test_shuffled_order_changes_between_epochs_and_seeds() -> None:
 def test_unshuffled_batches_keep_row_order() -> None:
     batches = Batches(_numbered_split(10), batch_size=4, shuffle=False)
     assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_the_example_csv_is_the_lecture_data_written_out() -> None:
+    """docs/grades.csv, the README's CSV example: 200 students of seed 0, pass/fail."""
+    shipped = CsvData(str(ROOT / "docs" / "grades.csv"), "passed").load(CLASSIFICATION)
+    lecture = LectureData(n_samples=200, seed=0).load(CLASSIFICATION)
+    assert np.array_equal(shipped.target, lecture.target)
+    assert np.allclose(shipped.features, lecture.features, atol=0.5)  # lectures: whole numbers

@@ -110,6 +110,23 @@ def test_val_falling_just_slower_than_the_threshold_is_good() -> None:
     assert diagnose(train, val, T, baseline=100.0).verdict == GOOD
 
 
+def test_a_minimum_at_the_last_epoch_reads_still_falling_and_suggests_more_epochs() -> None:
+    # Too slow a fall for the underfit rule, but val/loss is lowest at the very last epoch.
+    train = [50.0 - i for i in range(20)]
+    val = [60.0 - 0.9 * i for i in range(20)]
+    d = diagnose(train, val, T, baseline=100.0)
+    assert (d.verdict, d.best_epoch) == (GOOD, 20)
+    assert "still falling at epoch 20, the last" in d.reason
+    assert "more epochs" in d.reason
+    assert "bottomed out" not in d.reason
+
+
+def test_a_minimum_before_the_last_epoch_reads_bottomed_out() -> None:
+    d = diagnose(settled(1.0, 0.5, 0.3), [1.0, 0.5, 0.3, *flat(0.31, T.window)], T, baseline=1.0)
+    assert (d.verdict, d.best_epoch) == (GOOD, 3)
+    assert d.reason.startswith("val/loss bottomed out at epoch 3 and ended 3% above it")
+
+
 def test_still_falling_needs_train_loss_falling_too() -> None:
     train = flat(50.0, 20)
     val = [60.0 - i for i in range(20)]

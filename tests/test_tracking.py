@@ -35,6 +35,23 @@ def test_default_store_is_sqlite_under_the_project_mlruns(
     assert store.artifact_root == ROOT / "mlruns"
 
 
+def test_mlflow_tracking_uri_chooses_the_store_when_tracking_uri_is_null(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    assert Store.from_config(None).uri == f"sqlite:///{tmp_path.resolve() / 'env.db'}"
+    given = f"sqlite:///{tmp_path / 'config.db'}"
+    assert Store.from_config(given).uri == f"sqlite:///{tmp_path.resolve() / 'config.db'}"
+
+
+def test_an_unusable_mlflow_tracking_uri_is_a_user_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
+    with pytest.raises(UserError, match=r"^MLFLOW_TRACKING_URI='file:///tmp/mlruns' is not"):
+        Store.from_config(None)
+
+
 def test_relative_sqlite_uri_resolves_to_an_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,6 +70,25 @@ def test_regressor_history_has_one_row_per_epoch_with_its_metrics(
     assert set(result.test_metrics) == {"test/loss", "test/rmse", "test/mae", "test/r2"}
 
 
+@pytest.mark.parametrize(
+    ("progress_bar", "lines"), [("true", [f"epoch {e}/5" for e in range(1, 6)]), ("false", [])]
+)
+def test_progress_counts_epochs_not_lightning_batches(
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    progress_bar: str,
+    lines: list[str],
+) -> None:
+    fit(
+        _cfg(make_cfg, *tiny("trainer.max_epochs=5", f"trainer.progress_bar={progress_bar}")),
+        tmp_path,
+    )
+    out = capsys.readouterr().out
+    assert [line.split("  ")[0] for line in out.splitlines()] == lines  # not a tty: plain lines
+    assert "\r" not in out and "1/1" not in out
+
+
 def test_sklearn_multiclass_data_trains_a_classifier(make_cfg: MakeCfg, tmp_path: Path) -> None:
     result = fit(
         _cfg(make_cfg, "data=wine", "trainer.max_epochs=3", "trainer.progress_bar=false"),

@@ -1,6 +1,6 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
-python tools/bench.py [core] [sweep] [pg] [--repeats N] [--rounds N] [--seeds N]
+python tools/bench.py [startup] [core] [sweep] [pg] [--repeats N] [--rounds N] [--seeds N]
                         [--postgres ADMIN_URL]
 """
 
@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import functools
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,13 +29,13 @@ from study.callbacks import MetricsLogger
 from study.config import resolved_config, validate
 from study.data import Batches
 from study.nets import mlp
-from study.paths import CONF_DIR, database_url
+from study.paths import CONF_DIR, SCRIPTS_DIR, database_url
 from study.run import run_one
 from study.sweep.backends import make_storage
 from study.tracking import Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
 
-SECTIONS = ["core", "sweep", "pg"]
+SECTIONS = ["startup", "core", "sweep", "pg"]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -106,6 +107,44 @@ def fastest(times: dict[str, list[float]]) -> dict[str, float]:
     can take 30% longer from one second to the next), so the minimum is the steadiest
     estimate of what the code itself costs, as timeit reports it."""
     return {name: min(values) for name, values in times.items()}
+
+
+def first_line_seconds(*args: str, cwd: Path) -> tuple[float, str]:
+    """Seconds from starting `scripts/run.py args` to its first line (stdout or stderr), and
+    that line; the process is stopped there."""
+    started = time.perf_counter()
+    with subprocess.Popen(
+        [sys.executable, str(SCRIPTS_DIR / "run.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        elapsed = time.perf_counter() - started
+        process.kill()
+    return elapsed, line.strip()
+
+
+def bench_startup(repeats: int) -> None:
+    """Time to first output of a newcomer's commands: a run, and a config-only bad input."""
+    cases = {
+        "python scripts/run.py (the plan line)": [],
+        "python scripts/run.py optimizer.lr=-1 (the error line)": ["optimizer.lr=-1"],
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        store = f"tracking.uri=sqlite:///{Path(folder) / 'mlflow.db'}"
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        lines: dict[str, str] = {}
+        for _ in range(repeats):
+            for name, args in cases.items():
+                elapsed, lines[name] = first_line_seconds(*args, store, cwd=Path(folder))
+                times[name].append(elapsed)
+    print(f"time to first output, seconds (fastest of {repeats}, median):")
+    for name, values in times.items():
+        print(f"  {name:<56} {min(values):5.2f}  {statistics.median(values):5.2f}")
+        print(f"    {lines[name][:90]}")
 
 
 def bench_core(repeats: int) -> None:
@@ -451,7 +490,7 @@ def bench_pg(admin_url: str, rounds: int = 2) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
-    parser.add_argument("--repeats", type=int, default=9, help="core: rounds of timings")
+    parser.add_argument("--repeats", type=int, default=9, help="startup, core: rounds of timings")
     parser.add_argument("--rounds", type=int, default=3, help="sweep: 1 vs 2 worker rounds")
     parser.add_argument("--seeds", type=int, default=5, help="sweep: pruning studies per pruner")
     parser.add_argument(
@@ -464,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section {sorted(unknown)}: use any of {SECTIONS}")
+    if "startup" in sections:
+        bench_startup(args.repeats)
     if "core" in sections:
         bench_core(args.repeats)
     if "sweep" in sections:

@@ -1,5 +1,5 @@
-"""Lightning callbacks of a run: metrics to MLflow in batches, the best weights kept, and a
-trial's reports to its Optuna pruner.
+"""Lightning callbacks of a run: metrics to MLflow in batches, the best weights kept, a
+trial's reports to its Optuna pruner, and progress counted in epochs.
 
 Kept apart from study.tracking so that commands which only talk to MLflow (a sweep's parent,
 reproduce, compare) do not import Lightning.
@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TextIO
 
 import pytorch_lightning as pl
 import torch
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from tqdm import tqdm
 
 from study.tasks import epoch_history
 from study.tracking import final_metrics, redacted_tags
@@ -181,3 +184,72 @@ def trial_outcome(stop_reason: str | None, best: float | None, metric: str) -> d
     if best is None:
         return {"trial_state": "FAIL", "reason": f"metric {metric!r} was never logged"}
     return {"trial_state": "COMPLETE"}
+
+
+class EpochProgress(pl.Callback):
+    """Training progress in epochs, with the epoch's losses.
+
+    Lightning's own bar counts batches, and one Lightning batch is a whole epoch here (see
+    study.tasks), so it shows "1/1" for every epoch. In a terminal this draws a bar over the
+    epochs; elsewhere (a file, a CI log) it prints a plain line for about every tenth of the
+    epochs and the last one, instead of carriage-return updates.
+    """
+
+    def __init__(self, stream: TextIO | None = None, lines: int = 10) -> None:
+        self.stream = stream or sys.stdout
+        self.lines = lines
+        self._bar: tqdm | None = None
+        self._every = 1
+        self._printed = 0  # the last epoch printed as a line
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.max_epochs or 0
+        if self.stream.isatty():
+            # A terminal that reports no size (a bare pty) gets 80x24: tqdm would draw nothing.
+            columns, lines = shutil.get_terminal_size()
+            self._bar = tqdm(
+                total=total,
+                bar_format="{n_fmt}/{total_fmt} epochs |{bar:12}| {elapsed}<{remaining}{postfix}",
+                file=self.stream,
+                ncols=columns,
+                nrows=lines,
+            )
+        self._every = max(1, math.ceil(total / self.lines))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = epoch_history(pl_module)[-1]
+        epoch = int(row["epoch"])
+        if self._bar is not None:
+            losses = {name: row[name] for name in ("train/loss", "val/loss")}
+            self._bar.set_postfix_str(_epoch_values(losses), refresh=False)
+            self._bar.update(epoch - self._bar.n)
+        elif epoch % self._every == 0 or epoch == trainer.max_epochs:
+            self._line(epoch, trainer.max_epochs, row)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = epoch_history(pl_module)
+        if self._bar is None and history and self._printed < history[-1]["epoch"]:
+            self._line(int(history[-1]["epoch"]), trainer.max_epochs, history[-1], " (stopped)")
+        self._close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close()
+
+    def _line(
+        self, epoch: int, total: int | None, row: Mapping[str, float], note: str = ""
+    ) -> None:
+        print(f"epoch {epoch}/{total}  {_epoch_values(row)}{note}", file=self.stream, flush=True)
+        self._printed = epoch
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _epoch_values(row: Mapping[str, float]) -> str:
+    """ "train/loss 0.4123  val/loss 0.4567  val/acc 0.8750": train/loss first, as on the plot."""
+    names = sorted((n for n in row if n != "epoch"), key=lambda name: name != "train/loss")
+    return "  ".join(f"{name} {row[name]:.4f}" for name in names)

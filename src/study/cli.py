@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from study.errors import OneLineParser, UserError, report
-from study.paths import CONF_DIR
+from study.paths import CONF_DIR, TrackingChoice, choose_tracking_uri, script_path
 from study.secrets import redact
 
 DEFAULT_CONFIG = "train"
@@ -121,17 +123,64 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
     return 0
 
 
+_DEFAULT_STORE = "(default: MLFLOW_TRACKING_URI, else the project's)"
+# Primary configs meant for -m; without it they train one run, which a user may not expect.
+MULTIRUN_CONFIGS = {"sweep": "runs the Optuna study", "compare": "trains and compares the presets"}
+
+
+def run_plan(cfg: DictConfig, choices: Mapping[str, Any]) -> list[str]:
+    """What a run is about to do, read from its config alone (nothing loaded or imported)."""
+    data = cfg.data
+    if "path" in data:
+        detail = f" ({data.path}, target {data.target})"
+    elif "n_samples" in data:
+        detail = f" ({data.n_samples} samples)"
+    else:
+        detail = ""
+    model, trainer = cfg.model, cfg.trainer
+    stopping = (
+        f", early stopping after {trainer.early_stopping.patience} epochs without improvement"
+        if trainer.early_stopping.enabled
+        else ""
+    )
+    store = choose_tracking_uri(cfg.tracking.uri)
+    return [
+        f"training: data={choices.get('data')}{detail}, model={choices.get('model')} "
+        f"{list(model.hidden_sizes)} {model.activation}, optimizer={choices.get('optimizer')} "
+        f"lr={cfg.optimizer.lr}, up to {trainer.max_epochs} epochs{stopping}",
+        f"tracking: {store.describe()}, experiment {cfg.tracking.experiment!r}",
+    ]
+
+
+def reproduce_command(run_id: str, tracking: TrackingChoice) -> str:
+    """The command that reruns `run_id`, as typed from the current folder."""
+    command = f"python {shlex.quote(script_path('reproduce'))} {run_id}"
+    if tracking.source != "default":  # say where the run is, even once the variable is unset
+        command += f" --tracking-uri {shlex.quote(redact(tracking.uri))}"
+    return command
+
+
 def train_job(cfg: DictConfig) -> float:
     """One tracked training run (Hydra's task function); returns its best validation loss."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from study.config import validate
 
     validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
-    from study.run import run_one
+    hydra_cfg = HydraConfig.get()
+    config_name = hydra_cfg.job.config_name
+    if hydra_cfg.mode == RunMode.RUN and config_name in MULTIRUN_CONFIGS:
+        print(
+            f"note: without -m, {config_name} trains one run; "
+            f"python {shlex.quote(script_path('run'))} -m {config_name} "
+            f"{MULTIRUN_CONFIGS[config_name]}"
+        )
+    print("\n".join(run_plan(cfg, hydra_cfg.runtime.choices)), flush=True)
+
+    from study.run import run_one  # torch, Lightning, MLflow: seconds to import
     from study.tracking import PARENT_RUN_ENV
 
-    hydra_cfg = HydraConfig.get()
     outcome = run_one(
         cfg,
         Path(hydra_cfg.runtime.output_dir),
@@ -149,7 +198,9 @@ def train_job(cfg: DictConfig) -> float:
         + ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in result.test_metrics.items())
     )
     print(f"  fit: {result.diagnosis.verdict} ({result.diagnosis.reason})")
-    print(f"  reproduce: python scripts/reproduce.py {outcome.run_id}")
+    tracking = choose_tracking_uri(cfg.tracking.uri)
+    print(f"  tracked in: {tracking.describe()}")
+    print(f"  reproduce: {reproduce_command(outcome.run_id, tracking)}")
     return result.best_val_loss
 
 
@@ -160,7 +211,7 @@ def run_main() -> int:
 def reproduce_main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Rerun an MLflow run from what it logged.")
     parser.add_argument("run_id")
-    parser.add_argument("--tracking-uri", help="store holding the run (default: the project's)")
+    parser.add_argument("--tracking-uri", help=f"store holding the run {_DEFAULT_STORE}")
     try:
         args = parser.parse_args(argv)
         from study.reproduce import reproduce  # torch, Lightning, MLflow: after the arguments
@@ -184,7 +235,7 @@ def ui_main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description="Open the MLflow UI on the project's store.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
     parser.add_argument("--port", type=port_number, default=5000)
-    parser.add_argument("--tracking-uri", help="store to browse (default: the project's)")
+    parser.add_argument("--tracking-uri", help=f"store to browse {_DEFAULT_STORE}")
     parser.add_argument(
         "--experiment", help="experiment to open (default: all with runs, newest first)"
     )
@@ -207,7 +258,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
     parser = OneLineParser(description="Compare MLflow runs: curves side by side, verdicts, table")
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
-    parser.add_argument("--tracking-uri", help="store holding the runs (default: the project's)")
+    parser.add_argument("--tracking-uri", help=f"store holding the runs {_DEFAULT_STORE}")
     parser.add_argument(
         "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
     )

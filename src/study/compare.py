@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import math
 import os
 import sys
@@ -111,6 +112,42 @@ def _number(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """Each job's overrides as Hydra's basic sweeper makes them: the grid over
+    `hydra.sweeper.params` and the command line's sweeps (the command line wins a key)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    grid = config.hydra.sweeper.get("params") or {}
+    params = [f"{key}={value}" for key, value in grid.items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    choices: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element()
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
+        choices[key] = [f"{key}={value}" for value in values]
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def _jobs_compose(config: DictConfig) -> bool:
+    """Whether every job's config composes (each preset exists, each key is known)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from study.config import compose_config
+    from study.paths import CONF_DIR
+
+    try:
+        for overrides in job_overrides(config):
+            compose_config(str(CONF_DIR), config.hydra.job.config_name, overrides)
+    except (HydraException, OmegaConfBaseException):
+        return False
+    return True
+
+
 class CompareCallback(Callback):
     """Hydra callback of `-m compare`: one parent run for all jobs, compared at the end.
 
@@ -129,6 +166,8 @@ class CompareCallback(Callback):
         from study.config import resolved_config, validate
         from study.train import prepare_data
 
+        if not _jobs_compose(config):
+            return  # no parent for jobs Hydra will refuse (an unknown preset): it says why
         cfg = OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"])
         try:
             validate(cfg)

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from study.diagnosis import Thresholds
 from study.errors import UserError
 from study.nets import ACTIVATIONS
+from study.paths import choose_tracking_uri
 from study.secrets import redact
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -27,11 +28,12 @@ _TRACKING_URI = re.compile(
 )
 
 
-def check_tracking_uri(uri: str | None) -> None:
-    """UserError unless `uri` is empty (the project's store) or a store MLflow can use."""
+def check_tracking_uri(uri: str | None, source: str = "tracking.uri") -> None:
+    """UserError unless `uri` is empty (the project's store) or a store MLflow can use;
+    `source` names where it came from (tracking.uri, MLFLOW_TRACKING_URI)."""
     if uri and not _TRACKING_URI.match(uri):
         raise UserError(
-            f"tracking.uri={redact(uri)!r} is not a tracking store MLflow can use: give "
+            f"{source}={redact(uri)!r} is not a tracking store MLflow can use: give "
             "sqlite:///path/to/mlflow.db, http(s)://host:port or a database URL"
         )
 
@@ -155,7 +157,8 @@ def _validate(cfg: DictConfig) -> None:
                 "trainer.early_stopping.min_delta", cfg.trainer.early_stopping.min_delta, ">= 0"
             )
     _positive(cfg, "tracking.flush_every_s")
-    check_tracking_uri(cfg.tracking.get("uri"))
+    tracking = choose_tracking_uri(cfg.tracking.get("uri"))
+    check_tracking_uri(tracking.uri, tracking.source)
     if "path" in cfg.data and not Path(str(cfg.data.path)).expanduser().is_file():
         raise UserError(f"data.path={cfg.data.path} does not exist: give the path of a CSV file")
     Thresholds.from_config(cfg.get("diagnosis"))

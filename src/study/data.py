@@ -278,6 +278,8 @@ class CsvData(TabularData):
             raise UserError(f"data.path={self.path} is not a readable CSV: {reason}") from error
         if frame.empty:
             raise UserError(f"data.path={self.path} has a header but no rows")
+        header = pd.read_csv(self.path, header=None, nrows=1, dtype=str).iloc[0]
+        self._refuse_duplicate_columns([str(name) for name in header])
         if self.target not in frame.columns:
             raise UserError(
                 f"data.target={self.target!r} is not a column of {self.path.name}: "
@@ -306,6 +308,16 @@ class CsvData(TabularData):
                 )
             return Table(frame.to_numpy(np.float64), codes.astype(np.int64), inferred, "csv")
         return Table(frame.to_numpy(np.float64), target, inferred, "csv")
+
+    def _refuse_duplicate_columns(self, names: list[str]) -> None:
+        """UserError naming the repeated column names: pandas would rename them (`hours.1`)."""
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            counted = ", ".join(f"{name!r} ({names.count(name)} times)" for name in repeated)
+            raise UserError(
+                f"data.path={self.path} has duplicate column names: {counted}: "
+                "give every column its own name"
+            )
 
     def _infer_task(self, target: np.ndarray) -> str:
         if self.task != "auto":

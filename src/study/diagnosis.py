@@ -99,8 +99,9 @@ def diagnose(
     train/loss fell below its value there); underfit (train/loss never below `underfit_level`
     baselines, or val/loss still falling `still_falling` baselines per epoch over the last
     `window` epochs, with train/loss falling and val/loss lowest in the window's second half);
-    else good. Without a baseline, the first epoch's train/loss is the unit and the level rule
-    is skipped.
+    else good (its reason says "still falling" when val/loss is lowest at the last epoch, else
+    where it bottomed out). Without a baseline, the first epoch's train/loss is the unit and the
+    level rule is skipped.
     """
     if not train or len(train) != len(val):
         raise ValueError(f"need equally long, non-empty curves, got {len(train)} and {len(val)}")
@@ -157,6 +158,11 @@ def diagnose(
             UNDERFIT,
             f"val/loss still fell {val_fall:.1%} of the {_unit(known)} per epoch over the "
             f"last {last + 1 - start} epochs: train longer",
+        )
+    if best == last:  # no minimum seen yet: more epochs may still lower val/loss
+        return result(
+            GOOD,
+            f"val/loss was still falling at epoch {last + 1}, the last: try more epochs",
         )
     noisy = ", but train/loss rose too (noisy, not overfitting)" if rise >= t.overfit_rise else ""
     return result(

@@ -23,7 +23,7 @@ from sqlalchemy import event
 
 from study.config import check_tracking_uri
 from study.errors import UserError
-from study.paths import PROJECT_ROOT, database_url
+from study.paths import choose_tracking_uri, database_url
 from study.secrets import mask_log_records, redact
 
 
@@ -90,14 +90,13 @@ class Store:
 
     @classmethod
     def from_config(cls, uri: str | None) -> Store:
-        if not uri:
-            db = PROJECT_ROOT / "mlruns" / "mlflow.db"
-            return cls(f"sqlite:///{db}", db.parent)
-        if uri.startswith("sqlite:///"):
-            db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-            return cls(f"sqlite:///{db}", db.parent)
-        check_tracking_uri(uri)
-        return cls(database_url(uri), None)
+        """The store `uri` names; without one, MLFLOW_TRACKING_URI's, else the project's."""
+        choice = choose_tracking_uri(uri)
+        if choice.uri.startswith("sqlite:///"):
+            db = Path(choice.uri.removeprefix("sqlite:///"))
+            return cls(choice.uri, db.parent)
+        check_tracking_uri(choice.uri, choice.source)
+        return cls(database_url(choice.uri), None)
 
     def client(self) -> MlflowClient:
         if self.artifact_root is not None:

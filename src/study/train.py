@@ -17,7 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
-from study.callbacks import KeepBestWeights
+from study.callbacks import EpochProgress, KeepBestWeights
 from study.data import REGRESSION, Splits, TabularData
 from study.diagnosis import Diagnosis, Thresholds, best_row, diagnose_history
 from study.errors import UserError
@@ -140,6 +140,8 @@ def fit(
                 check_on_train_epoch_end=True,
             )
         )
+    if trainer_cfg.progress_bar:
+        all_callbacks.append(EpochProgress())
     device = splits.train.x.device
     trainer = pl.Trainer(
         accelerator="cuda" if device.type == "cuda" else "cpu",
@@ -148,7 +150,7 @@ def fit(
         callbacks=all_callbacks,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=bool(trainer_cfg.progress_bar),
+        enable_progress_bar=False,  # EpochProgress counts epochs, not Lightning's batches
         enable_model_summary=False,
         limit_val_batches=0,  # validation runs inside each epoch's training_step
         deterministic=False,  # set by seed_everything with warn_only; Lightning's flag is strict
