@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -44,17 +45,23 @@ PEER = ("data=breast_cancer", "model.hidden_sizes=[64,64]", "trainer.early_stopp
 class StudyFigures:
     wall: float  # the whole `scripts/run.py -m sweep`
     span: float  # first trial's start to last trial's end
+    start: float  # the command's start to the first trial's
+    end: float  # the last trial's end to the command's
     trials: int
     epochs: int  # trained, all trials together
     fit: float  # mean fit_seconds of a trial
     best: float
 
     @classmethod
-    def of(cls, study: optuna.Study, wall: float) -> StudyFigures:
+    def of(cls, study: optuna.Study, started: datetime, ended: datetime) -> StudyFigures:
         trials = study.trials
+        first = min(t.datetime_start for t in trials if t.datetime_start)
+        last = max(t.datetime_complete for t in trials if t.datetime_complete)
         return cls(
-            wall,
+            (ended - started).total_seconds(),
             trial_span(study),
+            (first - started).total_seconds(),
+            (ended - last).total_seconds(),
             len(trials),
             sum(int(t.user_attrs.get("epochs", 0)) for t in trials),
             statistics.mean(float(t.user_attrs.get("fit_seconds", 0.0)) for t in trials),
@@ -70,13 +77,15 @@ class StudyFigures:
 def timed_study(folder: Path, name: str, *overrides: str) -> StudyFigures:
     """A real study, its wall time the whole `scripts/run.py -m sweep` command's."""
     sweep = Sweep(folder, name, *overrides)
-    start = time.perf_counter()
+    started = datetime.now()  # Optuna's trial times are local datetimes
     study = sweep.run_to_end()
-    return StudyFigures.of(study, time.perf_counter() - start)
+    return StudyFigures.of(study, started, datetime.now())
 
 
 def bench_packed(seeds: int, n_trials: int, epochs: int, workers: int = 2) -> None:
-    """Packed vs one trial at a time, a round per sampler seed, which goes first alternating."""
+    """Packed vs one trial at a time, a round per sampler seed, which goes first alternating.
+    Worker i samples with sweep.seed + i, so round r sets sweep.seed = r x workers: seeds 0 and
+    1 would share a worker's sampler (and often the best trial)."""
     common = [f"sweep.workers={workers}", f"sweep.n_trials={n_trials}"]
     common.append(f"trainer.max_epochs={epochs}")
     runs: dict[str, list[StudyFigures]] = {"auto": [], "1": []}
@@ -87,12 +96,13 @@ def bench_packed(seeds: int, n_trials: int, epochs: int, workers: int = 2) -> No
         for seed in range(seeds):
             for pack in ("auto", "1") if seed % 2 == 0 else ("1", "auto"):
                 study = f"pack{pack}_seed{seed}"
-                overrides = [*common, f"sweep.pack={pack}", f"sweep.seed={seed}"]
+                overrides = [*common, f"sweep.pack={pack}", f"sweep.seed={seed * workers}"]
                 runs[pack].append(timed_study(folder, study, *overrides))
             packed, alone = runs["auto"][-1], runs["1"][-1]
             print(
-                f"  seed {seed}: packed {packed.rate:.1f} trials/min ({packed.wall:.1f} s, "
-                f"{packed.span:.1f} s of it from first trial to last), one at a time "
+                f"  sweep.seed={seed * workers}: packed {packed.rate:.1f} trials/min "
+                f"({packed.wall:.1f} s, {packed.span:.1f} s of it from first trial to last), "
+                "one at a time "
                 f"{alone.rate:.1f} ({alone.wall:.1f} s, {alone.span:.1f} s): "
                 f"{packed.rate / alone.rate:.2f}x end to end, {alone.span / packed.span:.2f}x "
                 f"over the trials' span; epochs trained {packed.epochs} vs {alone.epochs}"
@@ -112,11 +122,14 @@ def summarize_packed(runs: dict[str, list[StudyFigures]], workers: int) -> None:
         f"{len(pairs)} seeds; target >= 5x), {span:.2f}x over the trials' span, {per_epoch:.2f}x "
         f"epochs trained per second over it"
     )
-    outside = statistics.median((p.wall - p.span) / p.trials for p in packed)
-    print(
-        f"  the packed study's start and end (wall minus the trials' span), per trial: "
-        f"{outside * 1e3:.0f} ms"
-    )
+    for name, figures in (("packed", packed), ("one at a time", alone)):
+        start = statistics.median(f.start for f in figures)
+        end = statistics.median(f.end for f in figures)
+        print(
+            f"  {name}: the command's start to the first trial's {start:.1f} s, the last "
+            f"trial's end to the command's {end:.1f} s (medians): "
+            f"{(start + end) / figures[0].trials * 1e3:.0f} ms a trial"
+        )
     best = {name: [f.best for f in figures] for name, figures in runs.items()}
     low, high = min(best["1"]), max(best["1"])
     inside = sum(value <= high for value in best["auto"])
@@ -159,7 +172,7 @@ def bench_fixed_cost(folder: Path, overrides: list[str]) -> None:
     """What a packed worker spends per trial outside the pack's training steps, timed inside
     its per-trial calls: a few milliseconds each, steadier than the difference of two studies
     that vary by seconds here."""
-    timings = folder / "stopwatch"
+    timings = folder / "timings"  # not the study's own folder
     timings.mkdir()
     with stopwatch_on(timings):
         timed_study(folder, "stopwatch", *overrides)
