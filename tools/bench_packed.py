@@ -230,7 +230,8 @@ def train_members(cfg: DictConfig, splits: Splits, k: int) -> None:
 
 
 def plain_study(folder: Path, name: str, n_trials: int, epochs: int) -> float:
-    """Wall time of tools/plain_study.py, the peer, run as a user runs a script."""
+    """Wall time of tools/plain_study.py, the peer, run as a user runs a script; its MLflow
+    store `name`.db is made by the first round and reused, as ours is."""
     command = [sys.executable, str(TOOLS / "plain_study.py"), f"sqlite:///{folder / name}.db"]
     start = time.perf_counter()
     subprocess.run(
@@ -256,7 +257,7 @@ def bench_peer(rounds: int, n_trials: int = 20, epochs: int = 30) -> None:
                 if case == "ours":
                     times[case] = timed_study(folder, f"peer{index}", *overrides).wall
                 else:
-                    times[case] = plain_study(folder, f"plain{index}", n_trials, epochs)
+                    times[case] = plain_study(folder, "plain", n_trials, epochs)
             ratios.append(times["ours"] / times["plain"])
             print(
                 f"  round {index + 1}: ours {times['ours']:.1f} s, plain loop "

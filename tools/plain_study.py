@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = MlflowClient(args.tracking_uri)
-    experiment_id = client.create_experiment("plain")
+    experiment = client.get_experiment_by_name("plain")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("plain")
     study = optuna.create_study(
         sampler=optuna.samplers.TPESampler(seed=0, multivariate=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
