@@ -1,7 +1,9 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
-python tools/bench.py [startup] [core] [sweep] [pg] [--repeats N] [--rounds N] [--seeds N]
-                        [--postgres ADMIN_URL]
+python tools/bench.py [startup] [core] [sweep] [pg] [packed] [steps] [peer] [--repeats N]
+                     [--rounds N] [--seeds N] [--trials N] [--epochs N] [--postgres ADMIN_URL]
+
+The packed trials' sections (packed, steps, peer) live in tools/bench_packed.py.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from study.sweep.backends import make_storage
 from study.tracking import Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
 
-SECTIONS = ["startup", "core", "sweep", "pg"]
+SECTIONS = ["startup", "core", "sweep", "pg", "packed", "steps", "peer"]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -490,9 +492,18 @@ def bench_pg(admin_url: str, rounds: int = 2) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
-    parser.add_argument("--repeats", type=int, default=9, help="startup, core: rounds of timings")
-    parser.add_argument("--rounds", type=int, default=3, help="sweep: 1 vs 2 worker rounds")
-    parser.add_argument("--seeds", type=int, default=5, help="sweep: pruning studies per pruner")
+    parser.add_argument(
+        "--repeats", type=int, default=9, help="startup, core, steps: rounds of timings"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="sweep, peer: rounds of studies")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="sweep: pruning studies per pruner; packed: rounds, one sampler seed each",
+    )
+    parser.add_argument("--trials", type=int, default=64, help="packed: trials a study")
+    parser.add_argument("--epochs", type=int, default=50, help="packed: trainer.max_epochs")
     parser.add_argument(
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -511,6 +522,15 @@ def main(argv: list[str] | None = None) -> int:
         bench_sweep(args.rounds, args.seeds)
     if "pg" in sections:
         bench_pg(args.postgres)
+    if {"packed", "steps", "peer"} & set(sections):
+        from bench_packed import bench_packed, bench_peer, bench_steps
+
+        if "packed" in sections:
+            bench_packed(args.seeds, args.trials, args.epochs)
+        if "steps" in sections:
+            bench_steps(args.repeats)
+        if "peer" in sections:
+            bench_peer(args.rounds)
     return 0
 
 

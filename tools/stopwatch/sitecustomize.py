@@ -1,0 +1,50 @@
+"""A stopwatch on a packed sweep worker's per-trial calls, for `python tools/bench.py packed`.
+
+Python imports this at start-up when tools/stopwatch is on PYTHONPATH; it does nothing unless
+$STUDY_STOPWATCH names a folder (the benchmark sets both for one study only). It times the calls
+a packed worker (study.sweep.packs.PackRunner) makes per trial: opening one (wait for the go,
+claim, sample, MLflow run and params), its per-epoch report and pruning check, and closing it
+(checkpoint, artifacts, the final write, tell), and writes their totals to <folder>/<pid>.json
+when the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FOLDER = os.environ.get("STUDY_STOPWATCH")
+CALLS = {"open": "next_member", "epoch": "on_epoch_end", "close": "on_member_done"}
+
+
+def stopwatch(totals: dict[str, float], name: str, method: Callable[..., Any]) -> Callable:
+    @functools.wraps(method)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        result = method(*args, **kwargs)
+        if not (name == "open" and result is None):  # the last call waits for the study's end
+            totals[name] += time.perf_counter() - start
+        totals["trials"] += name == "close"
+        return result
+
+    return timed
+
+
+def write(folder: str, totals: dict[str, float]) -> None:
+    if totals["close"]:  # a worker that ran trials
+        Path(folder, f"{os.getpid()}.json").write_text(json.dumps(totals))
+
+
+if FOLDER:
+    from study.sweep.packs import PackRunner
+
+    totals = {"open": 0.0, "epoch": 0.0, "close": 0.0, "trials": 0.0}
+    for name, attribute in CALLS.items():
+        setattr(PackRunner, attribute, stopwatch(totals, name, getattr(PackRunner, attribute)))
+    atexit.register(write, FOLDER, totals)
