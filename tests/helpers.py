@@ -46,7 +46,10 @@ def cli(script: str, *argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = entry()
+            try:
+                code = entry()
+            except SystemExit as exit_:  # --help: Hydra prints it and exits
+                code = exit_.code if isinstance(exit_.code, int) else 0
     finally:
         os.chdir(previous)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())

@@ -1,7 +1,10 @@
 """Every `python scripts/...` command README.md and the configs' comments show, run as written
 from a folder that looks like the project root (its scripts/ and docs/ linked in, so what a
 command writes where it runs stays out of the project), shrunk for time by overrides appended
-after it (few epochs, trials and students) and tracked through MLFLOW_TRACKING_URI.
+after it (few epochs, trials and students) and tracked through MLFLOW_TRACKING_URI. Each runs
+its script's entry point in this process (tests/helpers.cli: a process would spend ~6 s
+importing torch, Lightning and MLflow); the real scripts run as processes in test_cli.py and
+e2e/test_sweep.py.
 
 `RUN_ID` placeholders get the ids of runs an earlier command made; `[optional parts]` and
 `...` of a synopsis are left out. A command that needs a service absent here must fail
@@ -15,15 +18,13 @@ import re
 import shlex
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from helpers import one_error_line
+from helpers import cli, one_error_line
 from study.tracking import Store
 
 pytestmark = pytest.mark.slow
@@ -96,8 +97,7 @@ def _run(command: str, folder: Path, store: Path, run_ids: list[str] | None = No
     for linked in ("scripts", "docs"):
         (folder / linked).symlink_to(ROOT / linked)
     words = shlex.split(command)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
     while "=" in words[0]:  # VARIABLE=value before the command
         name, _, value = words.pop(0).partition("=")
         env[name] = value
@@ -105,14 +105,13 @@ def _run(command: str, folder: Path, store: Path, run_ids: list[str] | None = No
     words = [next(ids) if w == "RUN_ID" else w for w in words]
     if words[1] == "scripts/run.py" and "--help" not in words:
         words += _shrunk(words, folder)
-    result = subprocess.run(
-        [sys.executable, *words[1:]],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    saved = dict(os.environ)
+    os.environ.update(env)  # sweep workers, processes of their own, inherit it
+    try:
+        result = cli(Path(words[1]).stem, *words[2:], cwd=folder)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return Ran(command, result)
 
 
@@ -129,19 +128,17 @@ def _copy_store(template: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
-    """Every documented command, three processes at a time; those that need run ids last,
-    with the runs (and the store) of the documented grid."""
+    """Every documented command; those that need run ids last, with the runs (and the store)
+    of the documented grid."""
     assert GRID in FIRST, "the README no longer shows the grid whose runs RUN_ID stands for"
     template = tmp_path_factory.mktemp("template") / "mlflow.db"
     Store.from_config(f"sqlite:///{template}").client().search_experiments()
     folders = {c: tmp_path_factory.mktemp("command") for c in COMMANDS}
     stores = {c: _copy_store(template, folders[c] / "mlflow.db") for c in FIRST}
     stores.update(dict.fromkeys(NEEDS_RUN_IDS, stores[GRID]))
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        done = {r.command: r for r in pool.map(lambda c: _run(c, folders[c], stores[c]), FIRST)}
-        ids = _run_ids(done[GRID].result.stdout)
-        later = pool.map(lambda c: _run(c, folders[c], stores[c], ids), NEEDS_RUN_IDS)
-        done.update({r.command: r for r in later})
+    done = {c: _run(c, folders[c], stores[c]) for c in FIRST}
+    ids = _run_ids(done[GRID].result.stdout)
+    done.update({c: _run(c, folders[c], stores[c], ids) for c in NEEDS_RUN_IDS})
     return done
 
 
