@@ -144,7 +144,8 @@ class ResumedStudy:
 @pytest.fixture(scope="module")
 def study_sweep(tmp_path_factory: pytest.TempPathFactory) -> ResumedStudy:
     sweep = Sweep(tmp_path_factory.mktemp("study"), name="tiny")
-    command = ["sweep.study_name=tiny", "sweep.workers=2", *TINY]
+    # Two packs of two trials: every guarantee below holds for trials trained side by side.
+    command = ["sweep.study_name=tiny", "sweep.workers=2", "sweep.pack=2", *TINY]
     sweep.run(*command, "sweep.n_trials=5")
     first = ResumedStudy(
         sweep, sweep.trials(), [run.info.run_id for run in sweep.parents()], sweep.stdout

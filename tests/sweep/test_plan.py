@@ -25,9 +25,10 @@ def _cfg(hidden_sizes: list[int] | None = None) -> DictConfig:
     return OmegaConf.create({"model": {"hidden_sizes": hidden_sizes or [32, 32]}})
 
 
-def test_auto_spreads_the_trials_over_the_workers() -> None:
-    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 20, CPU2) == 10
-    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 21, CPU2) == 11
+def test_auto_packs_a_quarter_of_the_study_spread_over_the_workers() -> None:
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 64, CPU2) == 8
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 20, CPU2) == 3
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 4, CPU2) == 1
 
 
 def test_auto_is_capped_per_device_and_lower_for_wide_layers() -> None:
