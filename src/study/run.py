@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import json
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import torch
 import yaml
@@ -23,7 +21,14 @@ from study.packing import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
 from study.secrets import redact
-from study.tracking import CONFIG_ARTIFACT, NOTE_TAG, Store, run_params, tracked_run
+from study.tracking import (
+    CONFIG_ARTIFACT,
+    NOTE_TAG,
+    Store,
+    metric_chart_url,
+    run_params,
+    tracked_run,
+)
 from study.train import FitResult, fit, prepare_data
 
 OVERRIDES_ARTIFACT = "overrides.yaml"
@@ -159,31 +164,17 @@ def judge(result: FitResult, outcome: Mapping[str, str]) -> None:
         result.diagnosis = pruned(result.diagnosis, result.stopped_epoch)
 
 
-def metric_chart_url(run: RunOutcome, metrics: Sequence[str] = CURVES) -> str:
-    """The UI's page charting `metrics` of one run together (a link inside the app)."""
-    query = {
-        "runs": [run.run_id],
-        "metric": metrics[-1],
-        "plot_metric_keys": list(metrics),
-        "experiments": [run.experiment_id],
-    }
-    encoded = "&".join(
-        f"{key}={quote(json.dumps(value, separators=(',', ':')), safe='')}"
-        for key, value in query.items()
-    )
-    return f"#/metric?{encoded}"
-
-
 def run_note(run: RunOutcome) -> str:
     """The run's description (markdown, shown on its page): its verdict and why, where the
     best epoch was and where training stopped, and a link to its curves on one chart."""
     result, diagnosis = run.result, run.result.diagnosis
+    # The link comes first: the run page shows the first lines and folds the rest.
     return (
-        f"**fit: {diagnosis.verdict}**: {diagnosis.reason}\n\n"
-        f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}); "
-        f"training stopped at epoch {result.stopped_epoch}.\n\n"
-        f"[train/loss and val/loss on one chart]({metric_chart_url(run)}); "
-        "curves.png (Artifacts) marks the best epoch."
+        f"**fit: {diagnosis.verdict}** · [train/loss and val/loss on one chart]"
+        f"({metric_chart_url(run.experiment_id, run.run_id, CURVES)})\n\n{diagnosis.reason}\n\n"
+        f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}), "
+        f"training stopped at epoch {result.stopped_epoch}: both marked in curves.png "
+        "(Artifacts)."
     )
 
 

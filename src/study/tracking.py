@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -276,3 +278,19 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
 def runs_url(host: str, experiment_id: str) -> str:
     """Link to an experiment's runs table in the MLflow UI's model-training view."""
     return f"{host.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def metric_chart_url(experiment_id: str, run_id: str, metrics: Sequence[str]) -> str:
+    """A link inside the UI (for a run's description) to one chart of `metrics` of a run: the
+    UI groups a run's metrics by prefix, so its own pages never chart train and val together."""
+    query = {
+        "runs": [run_id],
+        "metric": metrics[-1],
+        "plot_metric_keys": list(metrics),
+        "experiments": [experiment_id],
+    }
+    encoded = "&".join(
+        f"{key}={quote(json.dumps(value, separators=(',', ':')), safe='')}"
+        for key, value in query.items()
+    )
+    return f"#/metric?{encoded}"

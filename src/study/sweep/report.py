@@ -18,7 +18,7 @@ from study.errors import UserError
 from study.plots import DPI, plot_curves
 from study.secrets import redact
 from study.sweep.backends import best_trial
-from study.tracking import NOTE_TAG, clean_number, log_metrics
+from study.tracking import NOTE_TAG, clean_number, log_metrics, metric_chart_url
 
 TRIAL_VALUE, BEST_VALUE = "trial_value", "best_value"  # on the parent, step = trial number
 CURVE_PREFIXES = ("train/", "val/")  # per-epoch curves: a trial's own, not the study's
@@ -203,19 +203,20 @@ def parent_note(
 ) -> str:
     """The parent run's description (markdown): the study's outcome and a link to its best
     trial."""
-    lines = [
-        f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
-        f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each.",
-    ]
+    experiment_id = client.get_run(run_id).info.experiment_id
+    history = metric_chart_url(experiment_id, run_id, (TRIAL_VALUE, BEST_VALUE))
+    # Links first: the run page shows the first lines and folds the rest.
+    lines = [f"[Optimization history]({history}): each trial's value and the best so far"]
     if best is not None:
-        experiment_id = client.get_run(run_id).info.experiment_id
         best_run_id = best.user_attrs.get("mlflow_run_id", "")
-        lines.append(
-            f"Best: [trial {best.number}](#/experiments/{experiment_id}/runs/{best_run_id}), "
-            f"value {best.value:.6g}; its metrics and fit verdict are this run's too."
+        lines[0] += (
+            f" · best: [trial {best.number}](#/experiments/{experiment_id}/runs/{best_run_id}),"
+            f" value {best.value:.6g}"
         )
-    lines.append(
-        f"Model metrics: `{BEST_VALUE}` and `{TRIAL_VALUE}` by trial number (the optimization "
-        "history); Artifacts: Optuna's plots."
-    )
+    lines += [
+        f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each. "
+        "This run's metrics and fit verdict are its best trial's; Optuna's plots are in "
+        "Artifacts/plots."
+    ]
     return "\n\n".join(lines)
