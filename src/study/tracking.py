@@ -293,4 +293,5 @@ def metric_chart_url(experiment_id: str, run_id: str, metrics: Sequence[str]) ->
         f"{key}={quote(json.dumps(value, separators=(',', ':')), safe='')}"
         for key, value in query.items()
     )
-    return f"#/metric?{encoded}"
+    # By step (epoch, trial number): by time, a run that logged at its end is one vertical line.
+    return f"#/metric?{encoded}&x_axis=step&show_point=true"
