@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import all_runs, tiny
+from study.diagnosis import PRUNED
 from study.errors import UserError
-from study.run import RunOutcome, run_one
+from study.run import RunOutcome, judge, run_one
+from study.tracking import metric_chart_url
 from study.train import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +84,9 @@ def test_params_are_the_resolved_config_flattened(tracked: Tracked) -> None:
     assert params["model.hidden_sizes"] == "[8]"
     assert params["data.n_samples"] == "120"
     assert params["trainer.early_stopping.patience"] == "2"
-    assert params["model._target_"] == f"study.tasks.{tracked.model.capitalize()}"
     assert params["data.seed"] == "0"  # ${seed} is resolved, not logged as text
-    assert not any(key.startswith("hydra") for key in params)
+    hidden = ("hydra", "diagnosis.", "tracking.")
+    assert not [key for key in params if key.startswith(hidden) or key.endswith("_target_")]
 
 
 def test_curves_hold_one_point_per_epoch_with_step_epoch(tracked: Tracked) -> None:
@@ -102,6 +105,44 @@ def test_best_epoch_is_the_argmin_of_the_logged_val_loss(tracked: Tracked) -> No
     assert metrics["best_val_loss"] == pytest.approx(min(losses))
     assert metrics["stopped_epoch"] == len(losses)
     assert metrics["best_epoch"] < metrics["stopped_epoch"]  # early stopping kicked in
+
+
+def test_the_description_says_the_verdict_why_and_links_both_curves_on_one_chart(
+    tracked: Tracked,
+) -> None:
+    tags = tracked.run.data.tags
+    note, result = tags["mlflow.note.content"], tracked.outcome.result
+    assert note.startswith(f"**fit: {tags['fit']}**")
+    assert tags["fit.reason"] in note
+    assert f"Best epoch {result.best_epoch} " in note
+    assert f"stopped at epoch {result.stopped_epoch}" in note
+    chart = metric_chart_url(
+        tracked.outcome.experiment_id, tracked.outcome.run_id, ("train/loss", "val/loss")
+    )
+    assert f"]({chart})" in note
+
+
+@pytest.mark.parametrize(
+    ("outcome", "pruned"),
+    [
+        ({"trial_state": "PRUNED", "reason": "pruned"}, True),
+        ({"trial_state": "PRUNED", "reason": "diverged"}, False),  # its curve tells why
+        ({"trial_state": "COMPLETE"}, False),
+        ({}, False),
+    ],
+)
+def test_only_a_trial_its_pruner_stopped_is_labelled_pruned(
+    tracked: Tracked, outcome: dict[str, str], pruned: bool
+) -> None:
+    result = dataclasses.replace(tracked.outcome.result)
+    judge(result, outcome)
+    judged = tracked.outcome.result.diagnosis
+    if pruned:
+        assert result.diagnosis.verdict == PRUNED
+        assert f"the pruner stopped it at epoch {result.stopped_epoch}" in result.diagnosis.reason
+        assert result.diagnosis.best_epoch == judged.best_epoch
+    else:
+        assert result.diagnosis == judged
 
 
 def test_test_metrics_of_the_best_checkpoint_are_logged(tracked: Tracked) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -14,7 +17,10 @@ from study.secrets import redact
 from study.tracking import (
     EXPERIMENT_KIND_TAG,
     Store,
+    clean_number,
     flatten,
+    metric_chart_url,
+    run_params,
     runs_url,
     tracked_run,
 )
@@ -239,3 +245,39 @@ def test_flatten_masks_passwords_and_caps_long_values() -> None:
     flat = flatten(cfg)
     assert flat["tracking.uri"] == "postgresql://u:***@db/x"
     assert len(flat["note"]) == 6000
+
+
+def test_run_params_leave_out_what_says_nothing_about_the_model() -> None:
+    cfg = OmegaConf.create(
+        {
+            "model": {"_target_": "study.tasks.Classifier", "dropout": 0.1},
+            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01},
+            "diagnosis": {"window": 10},
+            "tracking": {"uri": None, "experiment": "study"},
+            "seed": 0,
+        }
+    )
+    assert run_params(cfg) == {"model.dropout": "0.1", "optimizer.lr": "0.01", "seed": "0"}
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0.925000011920929, 0.925), (0.1234567891, 0.1234568), (17, 17.0), (1e-9 / 3, 3.333333e-10)],
+)
+def test_logged_numbers_keep_the_digits_a_float32_holds(value: float, shown: float) -> None:
+    assert clean_number(value) == shown
+
+
+def test_clean_number_keeps_not_finite_values() -> None:
+    assert math.isnan(clean_number(math.nan))
+    assert clean_number(math.inf) == math.inf
+
+
+def test_metric_chart_url_charts_the_metrics_together_by_step() -> None:
+    url = metric_chart_url("3", "abc", ("train/loss", "val/loss"))
+    assert url.startswith("#/metric?")
+    query = parse_qs(url.removeprefix("#/metric?"))
+    assert json.loads(query["plot_metric_keys"][0]) == ["train/loss", "val/loss"]
+    assert json.loads(query["runs"][0]) == ["abc"]
+    assert json.loads(query["experiments"][0]) == ["3"]
+    assert query["x_axis"] == ["step"]

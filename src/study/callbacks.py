@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from study.tasks import epoch_history
-from study.tracking import final_metrics, redacted_tags
+from study.tracking import clean_number, final_metrics, redacted_tags
 
 if TYPE_CHECKING:
     import optuna
@@ -75,7 +75,7 @@ class MetricsLogger(pl.Callback):
         for row in history[self._sent_epochs :]:
             epoch = int(row["epoch"])
             self._pending += [
-                Metric(name, float(value), now_ms, epoch)
+                Metric(name, clean_number(value), now_ms, epoch)
                 for name, value in row.items()
                 if name != "epoch"
             ]

@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,18 +22,19 @@ from typing import Any
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from study.diagnosis import Diagnosis, Thresholds, diagnose_history
+from study.diagnosis import CURVES, Diagnosis, Thresholds, diagnose_history
 from study.errors import UserError
 from study.plots import Panel, plot_comparison
 from study.secrets import redact
-from study.tracking import PARENT_RUN_ENV, Store, find_run
+from study.tracking import CONFIG_ARTIFACT, PARENT_RUN_ENV, Store, find_run
 
 FIGURE = "compare.png"
 TABLE = "compare.txt"
-CURVES = ("train/loss", "val/loss")
 
 
 @dataclass(frozen=True)
@@ -60,18 +62,27 @@ def load_run(client: MlflowClient, run_id: str, store_uri: str) -> ComparedRun:
     history = [
         {"epoch": float(epoch), **{key: curves[key][epoch] for key in CURVES}} for epoch in epochs
     ]
-    params = run.data.params
+    thresholds = logged_thresholds(client, run)
+    baseline = run.data.metrics.get("baseline_loss")
+    diagnosis = diagnose_history(history, thresholds, baseline)
+    return ComparedRun(run_id, name, history, diagnosis, baseline)
+
+
+def logged_thresholds(client: MlflowClient, run: Run) -> Thresholds:
+    """The thresholds the run was judged with: its config.yaml's `diagnosis:` section (runs of
+    older versions: their `diagnosis.*` params), else today's defaults."""
     known = {f.name for f in fields(Thresholds)}
-    # The run's own thresholds (logged as params with its config), else today's defaults.
+    params = run.data.params
     logged = {
         key: yaml.safe_load(params[f"diagnosis.{key}"])
         for key in known
         if f"diagnosis.{key}" in params
     }
-    thresholds = Thresholds(**logged)
-    baseline = run.data.metrics.get("baseline_loss")
-    diagnosis = diagnose_history(history, thresholds, baseline)
-    return ComparedRun(run_id, name, history, diagnosis, baseline)
+    with tempfile.TemporaryDirectory() as folder, contextlib.suppress(MlflowException, OSError):
+        path = client.download_artifacts(run.info.run_id, CONFIG_ARTIFACT, folder)
+        section = (yaml.safe_load(Path(path).read_text()) or {}).get("diagnosis") or {}
+        logged = {key: value for key, value in section.items() if key in known}
+    return Thresholds(**logged)
 
 
 def compare_runs(

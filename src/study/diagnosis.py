@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from study.errors import UserError
@@ -19,6 +19,8 @@ UNDERFIT = "underfit"
 GOOD = "good"
 OVERFIT = "overfit"
 DIVERGED = "diverged"
+CURVES = ("train/loss", "val/loss")  # the learning curves every verdict reads
+PRUNED = "pruned"  # a trial its pruner stopped: the verdict of the pruner, not of the curve
 
 
 def best_row(history: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -84,6 +86,16 @@ class Diagnosis:
             "gap_final": self.gap_final,
             "val_rise": self.val_rise,
         }
+
+
+def pruned(diagnosis: Diagnosis, stopped_epoch: int) -> Diagnosis:
+    """A pruned trial's verdict: its curve was cut short, so under- or overfit cannot be told."""
+    reason = (
+        f"the pruner stopped it at epoch {stopped_epoch}: "
+        f"its best val/loss by then, {diagnosis.best_val_loss:.4g}, did not look promising "
+        "next to the other trials at that epoch"
+    )
+    return replace(diagnosis, verdict=PRUNED, reason=reason)
 
 
 def diagnose(

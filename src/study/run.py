@@ -16,14 +16,21 @@ from pytorch_lightning.callbacks import Callback
 
 from study.callbacks import MetricsLogger
 from study.config import resolved_config
+from study.diagnosis import CURVES, PRUNED, pruned
 from study.packing import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
 from study.secrets import redact
-from study.tracking import Store, flatten, tracked_run
+from study.tracking import (
+    CONFIG_ARTIFACT,
+    NOTE_TAG,
+    Store,
+    metric_chart_url,
+    run_params,
+    tracked_run,
+)
 from study.train import FitResult, fit, prepare_data
 
-CONFIG_ARTIFACT = "config.yaml"
 OVERRIDES_ARTIFACT = "overrides.yaml"
 
 
@@ -109,7 +116,7 @@ def run_one(
     config_files = write_config_files(cfg, overrides, output_dir)
     with (
         tracked_run(
-            client, experiment_id, run_name, run_tags(cfg, tags), flatten(cfg), parent_run_id
+            client, experiment_id, run_name, run_tags(cfg, tags), run_params(cfg), parent_run_id
         ) as run_id,
         MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s)) as metrics_logger,
     ):
@@ -117,13 +124,14 @@ def run_one(
             result = fit_packed(cfg, output_dir, prepared)
         else:
             result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
+        outcome = outcome_tags() if outcome_tags else {}
+        judge(result, outcome)
         record_result(
             client,
-            run_id,
+            RunOutcome(run_id, experiment_id, result),
             metrics_logger,
-            result,
             [*config_files, plot_run(cfg, result, output_dir, run_name)],
-            outcome_tags() if outcome_tags else {},
+            outcome,
         )
     return RunOutcome(run_id, experiment_id, result)
 
@@ -150,16 +158,36 @@ def plot_run(cfg: DictConfig, result: FitResult, output_dir: Path, run_name: str
     )
 
 
+def judge(result: FitResult, outcome: Mapping[str, str]) -> None:
+    """A trial its pruner stopped is labelled pruned: its cut curve is not judged."""
+    if outcome.get("trial_state") == "PRUNED" and outcome.get("reason") == PRUNED:
+        result.diagnosis = pruned(result.diagnosis, result.stopped_epoch)
+
+
+def run_note(run: RunOutcome) -> str:
+    """The run's description (markdown, shown on its page): its verdict and why, where the
+    best epoch was and where training stopped, and a link to its curves on one chart."""
+    result, diagnosis = run.result, run.result.diagnosis
+    # The link comes first: the run page shows the first lines and folds the rest.
+    return (
+        f"**fit: {diagnosis.verdict}** · [train/loss and val/loss on one chart]"
+        f"({metric_chart_url(run.experiment_id, run.run_id, CURVES)})\n\n{diagnosis.reason}\n\n"
+        f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}), "
+        f"training stopped at epoch {result.stopped_epoch}: both marked in curves.png "
+        "(Artifacts)."
+    )
+
+
 def record_result(
     client: MlflowClient,
-    run_id: str,
+    run: RunOutcome,
     metrics_logger: MetricsLogger,
-    result: FitResult,
     artifacts: Sequence[Path],
     outcome_tags: Mapping[str, str],
 ) -> None:
     """The artifacts, then the curve's last epochs, the final metrics and the tags in one write:
     last, so that a run whose artifacts failed carries no outcome."""
+    run_id, result = run.run_id, run.result
     for path in artifacts:
         client.log_artifact(run_id, str(path))
     if result.checkpoint is not None:
@@ -171,6 +199,7 @@ def record_result(
             "device": result.device,
             "fit": result.diagnosis.verdict,
             "fit.reason": result.diagnosis.reason,
+            NOTE_TAG: run_note(run),
             **outcome_tags,
         },
         history=result.history,

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -78,7 +80,15 @@ PARENT_RUN_ENV = "STUDY_PARENT_RUN_ID"
 
 # MLflow 3 opens experiments in its GenAI view unless told they hold model training.
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI (markdown)
+CONFIG_ARTIFACT = "config.yaml"  # a run's whole resolved config: what reproduce rebuilds
 _MAX_PARAM_LENGTH = 6000
+# Not logged as params: Hydra's instantiation keys, and settings of how a run is judged and
+# tracked rather than of the model; the config.yaml artifact keeps every key.
+_HIDDEN_PARAM_SECTIONS = ("diagnosis.", "tracking.")
+_HIDDEN_PARAM_KEYS = ("_target_", "_partial_")
+# Float32 losses carry 7 significant digits; more shows noise (0.925 as 0.92500001).
+SIGNIFICANT_DIGITS = 7
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,22 @@ def flatten(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def run_params(cfg: DictConfig) -> dict[str, str]:
+    """The params a run logs: the flattened config, without keys that say nothing about the
+    model (Hydra's `_target_`, the `diagnosis` and `tracking` sections)."""
+    return {
+        key: value
+        for key, value in flatten(cfg).items()
+        if not key.startswith(_HIDDEN_PARAM_SECTIONS)
+        and key.rsplit(".", 1)[-1] not in _HIDDEN_PARAM_KEYS
+    }
+
+
+def clean_number(value: float) -> float:
+    """`value` rounded to the digits a float32 holds: what the UI shows is what was computed."""
+    return float(f"{float(value):.{SIGNIFICANT_DIGITS}g}")
+
+
 @contextmanager
 def tracked_run(
     client: MlflowClient,
@@ -227,7 +253,7 @@ def _quietly(call: Any, *args: Any) -> None:
 def final_metrics(values: Mapping[str, float]) -> list[Metric]:
     """A run's final values as MLflow metrics at step 0."""
     now_ms = int(time.time() * 1000)
-    return [Metric(name, float(value), now_ms, 0) for name, value in values.items()]
+    return [Metric(name, clean_number(value), now_ms, 0) for name, value in values.items()]
 
 
 def redacted_tags(tags: Mapping[str, str]) -> list[RunTag]:
@@ -251,3 +277,20 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
 def runs_url(host: str, experiment_id: str) -> str:
     """Link to an experiment's runs table in the MLflow UI's model-training view."""
     return f"{host.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def metric_chart_url(experiment_id: str, run_id: str, metrics: Sequence[str]) -> str:
+    """A link inside the UI (for a run's description) to one chart of `metrics` of a run: the
+    UI groups a run's metrics by prefix, so its own pages never chart train and val together."""
+    query = {
+        "runs": [run_id],
+        "metric": metrics[-1],
+        "plot_metric_keys": list(metrics),
+        "experiments": [experiment_id],
+    }
+    encoded = "&".join(
+        f"{key}={quote(json.dumps(value, separators=(',', ':')), safe='')}"
+        for key, value in query.items()
+    )
+    # By step (epoch, trial number): by time, a run that logged at its end is one vertical line.
+    return f"#/metric?{encoded}&x_axis=step&show_point=true"

@@ -54,23 +54,54 @@ FORCED = {VIEW_STORAGE_KEY: TRAINING_VIEW}
 DEFAULTS = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
 
 
-_SEED_JS = """<script>(function (forced, defaults) {
+# The runs table of an experiment shows these columns until the user picks others. MLflow keeps
+# the table's settings per experiment (its scope is the JSON list of experiment ids) in one
+# localStorage entry; its columns are `metrics.`name`` and `tags.`name``.
+RUNS_TABLE_COLUMNS = [
+    "metrics.`best_val_loss`",
+    "metrics.`best_epoch`",
+    "metrics.`stopped_epoch`",
+    "tags.`fit`",
+    "tags.`trial_state`",
+]
+RUNS_TABLE_STATE = {"selectedColumns": RUNS_TABLE_COLUMNS}
+RUNS_TABLE_KEY = r"^MLflowLocalStorage-[0-9.]+-ExperimentPage-.*-ReactComponentState$"
+
+# Experiment ids are not known before the app runs, so the table's entry is not written: while
+# an experiment has none, reading it returns ours, and the user's first change writes theirs.
+_SEED_JS = """<script>(function (forced, defaults, tableKey, tableState) {
   try {
     for (const [key, value] of Object.entries(forced)) localStorage.setItem(key, value);
     for (const [key, value] of Object.entries(defaults))
       if (localStorage.getItem(key) === null) localStorage.setItem(key, value);
+    const storage = window.localStorage, getItem = Storage.prototype.getItem;
+    const table = new RegExp(tableKey);
+    Storage.prototype.getItem = function (key) {
+      const value = getItem.call(this, key);
+      return value === null && this === storage && table.test(key) ? tableState : value;
+    };
   } catch (e) {}
-})(%s, %s)</script>"""
+})(%s, %s, %s, %s)</script>"""
 
 
-def seed_script(forced: dict[str, Any], defaults: dict[str, Any]) -> bytes:
-    """An inline <script> writing these localStorage entries before the app reads them."""
+def _script_json(value: Any) -> str:
+    """`value` as a JavaScript literal that cannot close the <script> element."""
+    return json.dumps(value).replace("</", "<\\/")
+
+
+def seed_script(
+    forced: dict[str, Any],
+    defaults: dict[str, Any],
+    table_state: dict[str, Any] = RUNS_TABLE_STATE,
+) -> bytes:
+    """An inline <script> writing these localStorage entries before the app reads them, and
+    giving every experiment's runs table `table_state` until the user changes it."""
 
     def stored(entries: dict[str, Any]) -> str:
-        as_stored = {key: json.dumps(value) for key, value in entries.items()}
-        return json.dumps(as_stored).replace("</", "<\\/")
+        return _script_json({key: json.dumps(value) for key, value in entries.items()})
 
-    return (_SEED_JS % (stored(forced), stored(defaults))).encode()
+    arguments = (stored(forced), stored(defaults), _script_json(RUNS_TABLE_KEY))
+    return (_SEED_JS % (*arguments, _script_json(json.dumps(table_state)))).encode()
 
 
 SEED_SCRIPT = seed_script(FORCED, DEFAULTS)

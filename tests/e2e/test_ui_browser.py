@@ -1,6 +1,7 @@
 """scripts/ui.py in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright)
 clicks through the UI on a store with a small study and a plain run, and after every page asserts
-that MLflow 3 stayed in its model-training view instead of switching to GenAI.
+that MLflow 3 stayed in its model-training view instead of switching to GenAI; then reads the
+study's story: the runs table's columns, a trial's curves and the parent's optimization history.
 
 Screenshots of every page are left in the test's tmp_path (pytest keeps the last three runs).
 """
@@ -241,3 +242,68 @@ def test_every_page_a_click_reaches_stays_in_the_model_training_view(
     assert all(line.startswith(("MLflow UI bound to", "runs of ")) for line in console), console
     assert server.process.returncode == -signal.SIGTERM, server.output
     print(f"ui.py answered after {server.started_s:.1f} s; screenshots: {shots}")
+
+
+def _cell(page, run_name: str, column: str):  # type: ignore[no-untyped-def]
+    """The runs table's cell of `column` in the row of `run_name`: AG Grid draws the pinned
+    name column and the others as separate row elements that share a row index."""
+    link = page.get_by_role("link", name=run_name, exact=True)
+    index = page.locator("[role=row]").filter(has=link).first.get_attribute("row-index")
+    return page.locator(f"[role=row][row-index='{index}'] [col-id='{column}']").first
+
+
+def _open_link(page, name: str):  # type: ignore[no-untyped-def]
+    """Follow a description's link (MLflow opens them in a new tab); the new tab's page."""
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name=name).first.click()
+    return opened.value
+
+
+def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
+    store: str, tmp_path: Path
+) -> None:
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    from study.sweep.trials import run_name
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(STUDY)
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent, trial = f"study {STUDY}", run_name(0, TRIALS)
+    assert set(runs) == {parent, *(run_name(n, TRIALS) for n in range(TRIALS))}
+    with ui(store) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(dict(server.links)[STUDY])
+        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
+        assert_training_view(page, "runs-table", shots)
+        for name, run in runs.items():  # no column picked: the table shows them as it opens
+            best = _cell(page, name, "metrics.`best_val_loss`").inner_text()
+            assert float(best) == pytest.approx(run.data.metrics["best_val_loss"]), name
+            assert best == f"{run.data.metrics['best_val_loss']:.7g}", name  # no float32 noise
+            epoch = _cell(page, name, "metrics.`best_epoch`").inner_text()
+            assert epoch == f"{run.data.metrics['best_epoch']:g}", name
+            assert _cell(page, name, "tags.`fit`").inner_text() == run.data.tags["fit"], name
+            state = _cell(page, name, "tags.`trial_state`").inner_text()
+            assert state == run.data.tags.get("trial_state", "-"), name
+
+        page.get_by_role("link", name=trial, exact=True).click()
+        chart = _open_link(page, "train/loss and val/loss on one chart")
+        for metric in ("train/loss", "val/loss"):  # the legend: both curves on one chart
+            chart.get_by_text(f"{trial} ({metric})").wait_for()
+        assert_training_view(chart, "trial-curves", shots)
+
+        page.go_back()
+        page.get_by_role("link", name=parent, exact=True).click()
+        history = _open_link(page, "Optimization history")
+        for metric in ("trial_value", "best_value"):
+            history.get_by_text(f"{parent} ({metric})").wait_for()
+        assert_training_view(history, "optimization-history", shots)
+        browser.close()
+    print(f"screenshots: {shots}")

@@ -24,10 +24,10 @@ from study.callbacks import MetricsLogger, trial_outcome
 from study.config import resolved_config
 from study.packed import Member, train_pack
 from study.packing import PACKED, arch_of, diverge_level, member_of, packed_result
-from study.run import record_result, run_tags, write_config_files
+from study.run import RunOutcome, judge, record_result, run_tags, write_config_files
 from study.sweep.claims import TrialHeartbeat
-from study.sweep.trials import TrialRunner, note_failure, note_run
-from study.tracking import flatten, tracked_run
+from study.sweep.trials import TrialRunner, note_failure, note_run, run_name
+from study.tracking import run_params, tracked_run
 from study.train import PreparedData, prepare_data
 
 COMPLETE, PRUNED, FAIL = (
@@ -118,9 +118,9 @@ class PackRunner:
             tracked_run(
                 client,
                 self.experiment_id,
-                f"trial {trial.number}",
+                run_name(trial.number, self.spec.n_trials),
                 run_tags(cfg, start.tags),
-                flatten(cfg),
+                run_params(cfg),
                 self.spec.parent_run_id,
             )
         )
@@ -168,11 +168,11 @@ class PackRunner:
                 raise RuntimeError(f"metric {self.spec.metric!r} was never logged")
             elapsed = time.perf_counter() - packed.started
             result = packed_result(packed.cfg, member, self.prepared, packed.output_dir, elapsed)
+            judge(result, outcome)
             record_result(
                 self.runner.client,
-                packed.run_id,
+                RunOutcome(packed.run_id, self.experiment_id, result),
                 packed.metrics_logger,
-                result,
                 packed.config_files,
                 outcome,
             )

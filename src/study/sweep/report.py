@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import time
 import warnings
 from pathlib import Path
 
 import optuna
+from mlflow.entities import Metric, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from study.compare import load_run
+from study.errors import UserError
+from study.plots import DPI, plot_curves
 from study.secrets import redact
 from study.sweep.backends import best_trial
-from study.tracking import log_metrics, set_tags
+from study.tracking import NOTE_TAG, clean_number, log_metrics, metric_chart_url
 
+TRIAL_VALUE, BEST_VALUE = "trial_value", "best_value"  # on the parent, step = trial number
+CURVE_PREFIXES = ("train/", "val/")  # per-epoch curves: a trial's own, not the study's
+CURVES_ARTIFACT = "curves.png"
+OPTUNA_SIZE = (10, 6)  # inches at plots.DPI: 1000x600 px
 SWEEP_ONLY_KEYS = ("sweep.", "sweep=", "search", "hydra.sweep", "hydra/")
 PLOTS = {
     "optimization_history": "plot_optimization_history",
@@ -63,9 +74,9 @@ def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # e.g. importances need two complete trials
         figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
-        figure.set_size_inches(8, 5)
+        figure.set_size_inches(*OPTUNA_SIZE)
         path = folder / f"{name}.png"
-        figure.savefig(path, dpi=80, bbox_inches="tight")
+        figure.savefig(path, dpi=DPI, bbox_inches="tight")
         plt.close(figure)
         saved.append(path)
     return saved
@@ -86,18 +97,21 @@ def finish_parent_run(
         f"study {study.study_name}: {counts['complete']} complete, {counts['pruned']} "
         f"pruned, {counts['fail']} failed"
     ]
+    log_history(client, run_id, study)
     best = best_trial(study)
+    tags = {NOTE_TAG: parent_note(client, run_id, study, best, counts)}
     if best is not None:
-        metrics["best_value"] = float(best.value)  # type: ignore[arg-type]
-        tags = {
+        best_run_id = best.user_attrs.get("mlflow_run_id", "")
+        tags |= {
             "best_trial_number": str(best.number),
-            "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+            "best_run_id": best_run_id,
             **{f"best.{k}": str(v) for k, v in best.params.items()},
         }
-        set_tags(client, run_id, tags)
+        summary, best_tags = best_run_summary(client, best_run_id, sweep_dir)
+        metrics |= summary
+        tags |= best_tags
         lines.append(
-            f"best value {best.value:.6g} (trial {best.number}, run "
-            f"{best.user_attrs.get('mlflow_run_id', '?')})"
+            f"best value {best.value:.6g} (trial {best.number}, run {best_run_id or '?'})"
         )
         width = max(len(k) for k in best.params) if best.params else 0
         lines += [f"  {k:<{width}}  {v}" for k, v in best.params.items()]
@@ -108,7 +122,101 @@ def finish_parent_run(
         lines.append(f"rerun it: {best_config_command(best)}")
     else:
         lines.append("no trial completed yet")
-    log_metrics(client, run_id, metrics)
+    log_metrics(client, run_id, metrics, tags)
     for path in save_plots(study, sweep_dir / "plots"):
         client.log_artifact(run_id, str(path), "plots")
     return "\n".join(lines)
+
+
+def optimization_history(study: optuna.Study) -> list[tuple[int, float, float]]:
+    """(trial number, its value, the best value so far) of each complete trial, in order."""
+    better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    history: list[tuple[int, float, float]] = []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+            best = better(history[-1][2], trial.value) if history else trial.value
+            history.append((trial.number, trial.value, best))
+    return history
+
+
+def log_history(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+    """`trial_value` and `best_value` at step = trial number on the parent run: the UI charts
+    the optimization history from them. Steps logged by an earlier session are not repeated."""
+    logged = {m.step for m in client.get_metric_history(run_id, TRIAL_VALUE)}
+    now_ms = int(time.time() * 1000)
+    metrics = [
+        Metric(name, clean_number(value), now_ms, number)
+        for number, value, best in optimization_history(study)
+        if number not in logged
+        for name, value in ((TRIAL_VALUE, value), (BEST_VALUE, best))
+    ]
+    for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def best_run_summary(
+    client: MlflowClient, best_run_id: str, sweep_dir: Path
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The best trial's final metrics (best_val_loss, best_epoch, test/...) and verdict, for
+    the parent's row in the runs table; its curves.png drawn if it has none (packed trials)."""
+    try:
+        run = client.get_run(best_run_id)
+    except MlflowException:
+        return {}, {}
+    metrics = {
+        name: value
+        for name, value in run.data.metrics.items()
+        if not name.startswith(CURVE_PREFIXES)
+    }
+    tags: dict[str, str] = {
+        key: run.data.tags[key] for key in ("fit", "fit.reason") if key in run.data.tags
+    }
+    artifacts = {a.path for a in client.list_artifacts(best_run_id)}
+    if CURVES_ARTIFACT not in artifacts:
+        with contextlib.suppress(UserError):
+            draw_curves(client, run, sweep_dir / "best_trial")
+    return metrics, tags
+
+
+def draw_curves(client: MlflowClient, run: Run, folder: Path) -> None:
+    """curves.png of a logged run, from its logged curves, as an artifact of that run."""
+    compared = load_run(client, run.info.run_id, "")
+    diagnosis = compared.diagnosis
+    verdict = run.data.tags.get("fit", diagnosis.verdict)
+    path = plot_curves(
+        compared.history,
+        folder / CURVES_ARTIFACT,
+        title=compared.name,
+        verdict=verdict,
+        note=run.data.tags.get("fit.reason", diagnosis.reason),
+        baseline=compared.baseline,
+    )
+    client.log_artifact(run.info.run_id, str(path))
+
+
+def parent_note(
+    client: MlflowClient,
+    run_id: str,
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial | None,
+    counts: dict[str, int],
+) -> str:
+    """The parent run's description (markdown): the study's outcome and a link to its best
+    trial."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    history = metric_chart_url(experiment_id, run_id, (TRIAL_VALUE, BEST_VALUE))
+    # Links first: the run page shows the first lines and folds the rest.
+    lines = [f"[Optimization history]({history}): each trial's value and the best so far"]
+    if best is not None:
+        best_run_id = best.user_attrs.get("mlflow_run_id", "")
+        lines[0] += (
+            f" · best: [trial {best.number}](#/experiments/{experiment_id}/runs/{best_run_id}),"
+            f" value {best.value:.6g}"
+        )
+    lines += [
+        f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each. "
+        "This run's metrics and fit verdict are its best trial's; Optuna's plots are in "
+        "Artifacts/plots."
+    ]
+    return "\n\n".join(lines)

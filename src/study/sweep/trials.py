@@ -92,7 +92,7 @@ class TrialRunner:
             cfg,
             output_dir,
             overrides,
-            run_name=f"trial {trial.number}",
+            run_name=run_name(trial.number, self.spec.n_trials),
             parent_run_id=self.spec.parent_run_id,
             tags=tags,
             callbacks=[reporter],
@@ -146,6 +146,11 @@ class TrialRunner:
                 epochs=frozen.user_attrs.get("epochs"),
             )
         )
+
+
+def run_name(number: int, n_trials: int) -> str:
+    """`trial 007`: padded to the digits of n_trials, so names sort as numbers do."""
+    return f"trial {number:0{len(str(max(n_trials - 1, 0)))}d}"
 
 
 def note_run(trial: optuna.Trial, run_id: str, result: FitResult) -> None:
