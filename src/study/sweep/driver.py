@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+from dataclasses import fields
 
 import optuna
 from mlflow.entities import Param as MlflowParam
@@ -78,28 +79,15 @@ def worker_spec(
 ) -> WorkerSpec:
     base = OmegaConf.to_container(plan.base_config, resolve=False)
     assert isinstance(base, dict)
+    shared = {f.name for f in fields(WorkerSpec)} & {f.name for f in fields(SweepPlan)}
     return WorkerSpec(
-        study_name=plan.study_name,
+        **{name: getattr(plan, name) for name in shared - {"base_config", "sweep_dir"}},
         storage=plan.storage_url,
-        sampler=plan.sampler,
-        pruner=plan.pruner,
-        seed=plan.seed,
-        direction=plan.direction,
-        metric=plan.metric,
-        max_epochs=plan.max_epochs,
-        n_trials=plan.n_trials,
-        retries=plan.retries,
-        heartbeat_s=plan.heartbeat_s,
-        pack=plan.pack,
         base_config={str(key): value for key, value in base.items()},
-        overrides=plan.overrides,
-        config_name=plan.config_name,
-        conf_dir=plan.conf_dir,
         sweep_dir=str(plan.sweep_dir),
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         tracking_uri=tracking_uri,
-        params=plan.params,
     )
 
 

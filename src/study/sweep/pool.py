@@ -130,38 +130,33 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
     return Worker(slot, process, os.fdopen(read_fd, "r", buffering=1), log_path)
 
 
+@dataclass
 class Scheduler:
     """Runs the workers, keeps them going, and replaces any that die.
 
     The parent stops the workers when the study is interrupted or too many trials failed. A
-    worker that dies mid-trial is reported through `on_worker_lost` (which fails its trial and
-    queues a retry) and replaced on the same device.
+    worker that dies mid-trial is reported through `on_worker_lost` (which fails its trials and
+    queues their retries) and replaced on the same device.
     """
 
-    def __init__(
-        self,
-        slots: Sequence[Slot],
-        spec_path: Path,
-        log_dir: Path,
-        max_failures: int,
-        on_event: Callable[[Event], None] = lambda event: None,
-        on_worker_lost: Callable[[int], None] = lambda number: None,
-        threads: int | None = None,
-    ) -> None:
-        self.slots = slots
-        self.spec_path = spec_path
-        self.log_dir = log_dir
-        self.max_failures = max_failures
-        self.on_event = on_event
-        self.on_worker_lost = on_worker_lost
-        self.threads = threads or threads_per_worker(len(slots))
-        self.selector = selectors.DefaultSelector()
-        self.workers: list[Worker] = []
-        self.failed_here = 0
-        self.replaced = 0
-        self.stop_reason: str | None = None
+    slots: Sequence[Slot]
+    spec_path: Path
+    log_dir: Path
+    max_failures: int
+    on_event: Callable[[Event], None] = lambda event: None
+    on_worker_lost: Callable[[int], None] = lambda number: None
+    threads: int | None = None  # torch threads per worker; None: the cores shared out
+    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    workers: list[Worker] = field(default_factory=list)
+    failed_here: int = 0
+    replaced: int = 0
+    stop_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self.threads = self.threads or threads_per_worker(len(self.slots))
 
     def _start(self, slot: Slot) -> None:
+        assert self.threads is not None
         worker = start_worker(slot, self.spec_path, self.log_dir, self.threads)
         self.workers.append(worker)
         self.selector.register(worker.events, selectors.EVENT_READ, worker)
