@@ -18,7 +18,6 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -27,7 +26,7 @@ from torch.nn import functional as F
 
 from study.data import CLASSIFICATION, REGRESSION, Split, Splits
 from study.packed_nets import Arch, StackedMLP, dropout_keep, ghosted
-from study.packed_schedule import EpochPlan, Group, Slot
+from study.packed_schedule import EpochPlan, Group, Member, Slot
 
 OptimizerRecipe = Callable[..., torch.optim.Optimizer]  # a functools.partial of a torch optimizer
 MemberSource = Callable[[], "Member | None"]
@@ -35,31 +34,6 @@ MemberSource = Callable[[], "Member | None"]
 # Lightning's banners and its advice about data loaders do not apply to a pack's epoch loader.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-
-
-@dataclass
-class Member:
-    """One trial in a pack: its settings, then what training made of it."""
-
-    seed: int
-    lr: float
-    weight_decay: float = 0.0
-    dropout: float = 0.0
-    batch_size: int = 32
-    max_epochs: int = 50
-    patience: int | None = 10  # None: no early stopping
-    min_delta: float = 0.0
-    key: Any = None  # the caller's handle (e.g. an Optuna trial)
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    best_weights: torch.Tensor | None = None  # flat; `PackedTask.net.state_dict_of` unpacks it
-    final_weights: torch.Tensor | None = None
-    stop_reason: str | None = None  # diverged | early_stopped | max_epochs | failed | a hook's
-    error: Exception | None = None  # what the epoch hook raised, when stop_reason is "failed"
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    _stall_best: float = math.inf  # early stopping's reference (lowers by more than min_delta)
-    _stall_epochs: int = 0
 
 
 EpochHook = Callable[[Member, dict[str, float]], "str | None"]  # returns a stop reason or None

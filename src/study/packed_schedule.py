@@ -1,16 +1,41 @@
-"""Which rows each packed member trains on, step by step, through one epoch."""
+"""A pack's members, the slots they train in, and which rows each trains on, step by step,
+through one epoch."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from study.packed import Member
+
+@dataclass
+class Member:
+    """One trial in a pack: its settings, then what training made of it."""
+
+    seed: int
+    lr: float
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    batch_size: int = 32
+    max_epochs: int = 50
+    patience: int | None = 10  # None: no early stopping
+    min_delta: float = 0.0
+    key: Any = None  # the caller's handle (e.g. an Optuna trial)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    best_weights: torch.Tensor | None = None  # flat; `PackedTask.net.state_dict_of` unpacks it
+    final_weights: torch.Tensor | None = None
+    stop_reason: str | None = None  # diverged | early_stopped | max_epochs | failed | a hook's
+    error: Exception | None = None  # what the epoch hook raised, when stop_reason is "failed"
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    _stall_best: float = math.inf  # early stopping's reference (lowers by more than min_delta)
+    _stall_epochs: int = 0
+
 
 # Offsets a member's dropout stream from its batch-order stream (both come from its seed).
 _NOISE_OFFSET = 0x9E3779B9
