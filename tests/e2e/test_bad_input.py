@@ -125,6 +125,7 @@ CASES = [
     run("weight-decay-nan", ["optimizer.weight_decay=nan"], ["optimizer.weight_decay=nan"]),
     run("noise-nan", ["data.noise=nan"], ["data.noise=nan", "finite"]),
     run("tracking-ftp", ["tracking.uri=ftp://x"], ["tracking.uri='ftp://x'", "sqlite:///"]),
+    run("run-dir-unwritable", ["hydra.run.dir=/proc/nope"], ["/proc/nope", "No such file"]),
     run(
         "tracking-db-unreachable",
         [f"tracking.uri={UNREACHABLE_PG}"],
@@ -204,6 +205,17 @@ CASES = [
     sweep("unknown-pruner", ["sweep.pruner=bogus"], ["sweep.pruner='bogus'", "median, hyperband"]),
     sweep("zero-workers", ["sweep.workers=0"], ["sweep.workers=0", ">= 1"]),
     sweep("malformed-storage", ["sweep.storage=foo://bar"], ["sweep.storage='foo://bar'"]),
+    sweep("storage-folder", ["sweep.storage={csv}"], ["sweep.storage=", "is a folder"]),
+    sweep("study-name-empty", ["sweep.study_name=''"], ["sweep.study_name=''", "not allowed"]),
+    sweep(
+        "study-name-outside",
+        ["sweep.study_name=../../../tmp/x"],
+        ["sweep.study_name='../../../tmp/x'", "not allowed"],
+    ),
+    sweep("study-name-slash", ["sweep.study_name=a/b"], ["sweep.study_name='a/b'"]),
+    sweep("devices-not-visible", ["sweep.devices=[7]"], ["GPU 7", "not visible"]),
+    sweep("metric-never-logged", ["sweep.metric=val/r2"], ["sweep.metric='val/r2'", "never"]),
+    sweep("search-low-nan", ["+search.x={{type:float,low:nan,high:1}}"], ["low=nan", "finite"]),
     # --- storage URLs -----------------------------------------------------------------------
     sweep(
         "storage-unreachable",
@@ -243,6 +255,8 @@ CASES = [
     script("reproduce-no-id", "reproduce", [], ["run_id", "usage: reproduce.py"]),
     script("compare-one-id", "compare", [NO_RUN], ["at least two different runs, got 1"]),
     script("compare-ftp-store", "compare", ["a", "b", "--tracking-uri", "ftp://x"], ["ftp://x"]),
+    script("compare-output-folder", "compare", ["a", "b", "--output", "{csv}"], ["is a folder"]),
+    script("compare-output-txt", "compare", ["a", "b", "--output", "x.txt"], ["x.txt", ".png"]),
 ]
 
 
