@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import optuna
 import torch
@@ -31,18 +31,26 @@ from study.sweep.spec import Event, Exhausted, Finished, Ready, Started, WorkerS
 from study.tracking import Store
 
 
+class ParentGone(SystemExit):
+    """The sweep's parent closed its end of the events pipe: exit quietly, runs closed KILLED
+    (nobody is left to report to; the next session fails the trial left RUNNING)."""
+
+
 class TrialRunner:
-    def __init__(self, spec: WorkerSpec, index: int, events: IO[str]) -> None:
+    def __init__(self, spec: WorkerSpec, index: int, events_fd: int) -> None:
         self.spec = spec
         self.index = index
-        self.events = events
+        self.events_fd = events_fd
         self.base = OmegaConf.create(spec.base_config)
         self.store = Store.from_config(spec.tracking_uri)
         self.client = self.store.client()
 
     def emit(self, event: Event) -> None:
-        self.events.write(encode_event(event) + "\n")
-        self.events.flush()
+        # Unbuffered: nothing is left to flush (and fail) at exit once the parent is gone.
+        try:
+            os.write(self.events_fd, (encode_event(event) + "\n").encode())
+        except BrokenPipeError:
+            raise ParentGone(f"worker {self.index}: the sweep's parent is gone: exiting") from None
 
     def trial_config(self, values: list[tuple[Param, Any]]) -> DictConfig:
         """The trial's run config: the study's base config with the sampled values set.
@@ -144,8 +152,8 @@ def main(argv: list[str]) -> int:
     # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     die_with_parent()
-    with os.fdopen(events_fd, "w", buffering=1) as events:
-        runner = TrialRunner(spec, index, events)
+    try:
+        runner = TrialRunner(spec, index, events_fd)
         on_stale = StaleTrialCallback(
             runner.client, spec.experiment_id, spec.parent_run_id, spec.retries
         )
@@ -166,6 +174,8 @@ def main(argv: list[str]) -> int:
                 runner.emit(Exhausted())
                 break
             runner.run(study, storage, trial)
+    finally:
+        os.close(events_fd)
     return 0
 
 
