@@ -1,6 +1,6 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
-python tools/bench.py [core] [sweep] [pg] [--repeats N] [--rounds N] [--seeds N]
+python tools/bench.py [core] [sweep] [pg] [input] [--repeats N] [--rounds N] [--seeds N]
                         [--postgres ADMIN_URL]
 """
 
@@ -34,7 +34,22 @@ from study.sweep.backends import make_storage
 from study.tracking import Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
 
-SECTIONS = ["core", "sweep", "pg"]
+SECTIONS = ["core", "sweep", "pg", "input"]
+# Bad input that needs no torch, Lightning or MLflow: each must be answered in seconds.
+CONFIG_ONLY_INPUTS = [
+    ["optimizer.lr=nan"],
+    ["seed=-1"],
+    ["tracking.uri=ftp://x"],
+    ["data=csv", "data.target=y", "data.path=/no/such.csv"],
+    ["-m", "sweep", "sweep.n_trials=0"],
+    ["-m", "sweep", "sweep.sampler=bogus"],
+    ["-m", "sweep", "sweep.storage=foo://bar"],
+    ["-m", "sweep", "sweep.storage=/tmp"],
+    ["-m", "sweep", "sweep.study_name=../../x"],
+    ["-m", "sweep", "sweep.metric=val/nope"],
+    ["-m", "sweep", "sweep.devices=[7]"],
+    ["-m", "sweep", "search=wide", "optimizer.lr=inf"],
+]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -443,6 +458,23 @@ def bench_pg(admin_url: str, rounds: int = 2) -> None:
         )
 
 
+def bench_input() -> None:
+    """Seconds from `python scripts/run.py ...` to its one error line, for config-only input."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run.py"
+    print("bad input answered before heavy imports (seconds per process, target <= 2):")
+    with tempfile.TemporaryDirectory() as folder:
+        for args in CONFIG_ONLY_INPUTS:
+            start = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, str(script), *args], cwd=folder, capture_output=True, text=True
+            )
+            seconds = time.perf_counter() - start
+            line = result.stderr.strip().splitlines()[-1][:60] if result.stderr.strip() else ""
+            print(f"  {seconds:5.2f} s  exit {result.returncode}  {' '.join(args):<40} {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
@@ -465,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_sweep(args.rounds, args.seeds)
     if "pg" in sections:
         bench_pg(args.postgres)
+    if "input" in sections:
+        bench_input()
     return 0
 
 
