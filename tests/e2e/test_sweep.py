@@ -346,8 +346,14 @@ def test_the_summary_prints_best_value_params_counts_and_a_rerun_command(
         f"{counts['trials_pruned']:.0f} pruned, 0 failed"
     ) in out
     assert f"best value {best.value:.6g} (trial {best.number}" in out
-    for name in SEARCHED:
-        assert f"{name}  " in out and str(best.params[name]) in out
+    table = dict(
+        line.split()
+        for line in out.splitlines()
+        if line.startswith("  ") and len(line.split()) == 2
+    )
+    assert {name: table[name] for name in SEARCHED} == {
+        name: str(best.params[name]) for name in SEARCHED
+    }  # the table's own rows: the rerun line holds the same values
     assert f"best config: {sweep.sweep_dir / 'best_config.yaml'}" in out
     assert "rerun it: python scripts/run.py " in out
 
