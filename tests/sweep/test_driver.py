@@ -37,18 +37,12 @@ def _finish_trials(study: optuna.Study, count: int) -> None:
         study.tell(study.ask(), float(value))
 
 
-def test_a_new_study_records_its_definition(
-    make_plan: MakePlan, client: MlflowClient, tmp_path: Path
+@pytest.mark.parametrize("older", [False, True], ids=["new study", "study older than that"])
+def test_a_study_records_its_definition_when_opened(
+    make_plan: MakePlan, client: MlflowClient, tmp_path: Path, older: bool
 ) -> None:
-    plan = make_plan(*NAME, *TINY)
-    open_study(plan, client)
-    assert json.loads(_stored(tmp_path).user_attrs[DEFINITION_ATTR]) == plan.definition
-
-
-def test_a_study_older_than_definitions_gets_one_on_resume(
-    make_plan: MakePlan, client: MlflowClient, tmp_path: Path
-) -> None:
-    optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "study.journal")))
+    if older:  # made before studies recorded their definition: accepted, and recorded now
+        optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "study.journal")))
     plan = make_plan(*NAME, *TINY)
     open_study(plan, client)
     assert json.loads(_stored(tmp_path).user_attrs[DEFINITION_ATTR]) == plan.definition
