@@ -181,6 +181,43 @@ def test_too_few_rows_for_a_split_is_a_user_error() -> None:
         LectureData(n_samples=3).prepare(CLASSIFICATION)
 
 
+def _table(features: np.ndarray, target: np.ndarray, task: str) -> Table:
+    return Table(features, target, task, "t")
+
+
+def _one_class_in_training(n: int = 20) -> Table:
+    """Two classes, but the only row of class 1 falls outside the training split (seed 0)."""
+    held_out = np.random.default_rng(0).permutation(n)[-1]
+    target = np.zeros(n, dtype=np.int64)
+    target[held_out] = 1
+    return _table(np.arange(n * 2, dtype=np.float64).reshape(n, 2), target, CLASSIFICATION)
+
+
+RANGE = np.arange(40, dtype=np.float64)
+UNTRAINABLE = {
+    "one class in training": (_one_class_in_training(), "one class only"),
+    "constant target": (
+        _table(RANGE.reshape(20, 2), np.full(20, 2.5), REGRESSION),
+        "target is constant",
+    ),
+    "huge features": (
+        _table(np.tile([1e308, -1e308], (20, 1)), np.arange(20) % 2, CLASSIFICATION),
+        "feature values too large",
+    ),
+    "huge targets": (
+        _table(RANGE.reshape(20, 2), (-1.0) ** np.arange(20) * 1e200, REGRESSION),
+        "target values too large",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNTRAINABLE, ids=list(UNTRAINABLE))
+def test_data_that_cannot_train_is_a_user_error_with_the_reason(case: str) -> None:
+    table, reason = UNTRAINABLE[case]
+    with pytest.raises(UserError, match=reason):
+        split_and_standardize(table, 0.2, 0.2, seed=0, device=CPU)
+
+
 # --- scikit-learn sets ---------------------------------------------------------------------
 
 

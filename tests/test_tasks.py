@@ -105,3 +105,18 @@ def test_configure_optimizers_calls_the_optimizer_recipe_with_the_model_paramete
     assert isinstance(optimizer, torch.optim.SGD)
     optimized = [p for group in optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in optimized} == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize(
+    ("module", "target"), [(Classifier, [0, 1, 0, 1]), (Regressor, [0.0, 1.0, 0.0, 1.0])]
+)
+def test_a_sweep_accepts_exactly_the_metrics_each_model_logs_every_epoch(
+    module: type[Classifier | Regressor], target: list[float]
+) -> None:
+    from study.data import Split
+    from study.sweep.plan import EPOCH_METRICS
+
+    model = module(2, 1, _sgd, hidden_sizes=[4])
+    split = Split(torch.zeros(4, 2), torch.tensor(target))
+    logged = {*model.evaluate(split, "val"), "train/loss"}  # as in MLPTask.training_step
+    assert set(EPOCH_METRICS[f"study.tasks.{module.__name__}"]) == logged

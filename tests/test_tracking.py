@@ -15,7 +15,6 @@ from omegaconf import OmegaConf
 from study.errors import UserError
 from study.secrets import redact
 from study.tracking import (
-    EXPERIMENT_KIND_TAG,
     Store,
     clean_number,
     flatten,
@@ -106,7 +105,6 @@ def test_new_experiment_opens_in_the_model_training_view(
     client, experiment_id = experiment
     tags = client.get_experiment(experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    assert EXPERIMENT_KIND_TAG == {"mlflow.experimentKind": "custom_model_development"}
 
 
 def test_new_experiment_keeps_artifacts_under_the_store_folder(

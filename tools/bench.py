@@ -1,7 +1,8 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
-python tools/bench.py [startup] [core] [sweep] [pg] [packed] [steps] [peer] [--repeats N]
-                     [--rounds N] [--seeds N] [--trials N] [--epochs N] [--postgres ADMIN_URL]
+python tools/bench.py [startup] [input] [core] [sweep] [pg] [packed] [steps] [peer]
+                     [--repeats N] [--rounds N] [--seeds N] [--trials N] [--epochs N]
+                     [--postgres ADMIN_URL]
 
 The packed trials' sections (packed, steps, peer) live in tools/bench_packed.py.
 """
@@ -37,7 +38,22 @@ from study.sweep.backends import make_storage
 from study.tracking import Store
 from study.train import PreparedData, fit, prepare_data, seed_everything
 
-SECTIONS = ["startup", "core", "sweep", "pg", "packed", "steps", "peer"]
+SECTIONS = ["startup", "input", "core", "sweep", "pg", "packed", "steps", "peer"]
+# Bad input that needs no torch, Lightning or MLflow: each must be answered in seconds.
+CONFIG_ONLY_INPUTS = [
+    ["optimizer.lr=nan"],
+    ["seed=-1"],
+    ["tracking.uri=ftp://x"],
+    ["data=csv", "data.target=y", "data.path=/no/such.csv"],
+    ["-m", "sweep", "sweep.n_trials=0"],
+    ["-m", "sweep", "sweep.sampler=bogus"],
+    ["-m", "sweep", "sweep.storage=foo://bar"],
+    ["-m", "sweep", "sweep.storage=/tmp"],
+    ["-m", "sweep", "sweep.study_name=../../x"],
+    ["-m", "sweep", "sweep.metric=val/nope"],
+    ["-m", "sweep", "sweep.devices=[7]"],
+    ["-m", "sweep", "search=wide", "optimizer.lr=inf"],
+]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -489,6 +505,23 @@ def bench_pg(admin_url: str, rounds: int = 2) -> None:
         )
 
 
+def bench_input() -> None:
+    """Seconds from `python scripts/run.py ...` to its one error line, for config-only input."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run.py"
+    print("bad input answered before heavy imports (seconds per process, target <= 2):")
+    with tempfile.TemporaryDirectory() as folder:
+        for args in CONFIG_ONLY_INPUTS:
+            start = time.perf_counter()
+            result = subprocess.run(
+                [sys.executable, str(script), *args], cwd=folder, capture_output=True, text=True
+            )
+            seconds = time.perf_counter() - start
+            line = result.stderr.strip().splitlines()[-1][:60] if result.stderr.strip() else ""
+            print(f"  {seconds:5.2f} s  exit {result.returncode}  {' '.join(args):<40} {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("sections", nargs="*", help=f"any of {SECTIONS} (default: all)")
@@ -531,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_steps(args.repeats)
         if "peer" in sections:
             bench_peer(args.rounds)
+    if "input" in sections:
+        bench_input()
     return 0
 
 

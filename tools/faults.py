@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 from harness import Sweep
@@ -43,6 +44,9 @@ class Outcome:
     trials_left_running: int
     recover_s: float | None
     note: str = ""
+    exit_code: int | None = None  # of the process the fault hit
+    parent_status: str | None = None  # the study's parent run once that process exited
+    orphans: tuple[int, ...] = ()  # trials it left RUNNING, for the rerun to fail
 
     @property
     def ok(self) -> bool:
@@ -54,8 +58,14 @@ class Outcome:
 
 
 def outcome_of(
-    sweep: Sweep, scenario: str, expected: int, recover_s: float | None, note: str = ""
+    sweep: Sweep,
+    scenario: str,
+    expected: int,
+    recover_s: float | None,
+    note: str = "",
+    **hit: Any,
 ) -> Outcome:
+    """The study's state now; `hit`: what the fault left behind (exit_code, parent_status...)."""
     return Outcome(
         scenario,
         sweep.finished(),
@@ -64,6 +74,7 @@ def outcome_of(
         sweep.running_trials(),
         recover_s,
         note,
+        **hit,
     )
 
 
@@ -97,6 +108,7 @@ def interrupt(folder: Path, signum: int) -> Outcome:
     process.communicate(timeout=120)
     exit_s = time.monotonic() - sent
     left = sweep.runs_left_running() + sweep.running_trials()
+    parent_status = sweep.parent_status()
     resumed = sweep.run()
     name = signal.Signals(signum).name
     return outcome_of(
@@ -106,6 +118,8 @@ def interrupt(folder: Path, signum: int) -> Outcome:
         exit_s,
         f"exit code {process.returncode} after {exit_s:.1f} s; "
         f"{left} left running before the rerun; rerun exit {resumed.returncode}",
+        exit_code=process.returncode,
+        parent_status=parent_status,
     )
 
 
@@ -121,6 +135,7 @@ def kill_sweep(folder: Path) -> Outcome:
                 os.kill(int(trial.user_attrs["pid"]), signal.SIGKILL)
     process.communicate(timeout=60)
     stale = sweep.running_trials()
+    orphans = tuple(t.number for t in sweep.trials() if t.state == optuna.trial.TrialState.RUNNING)
     started = time.monotonic()
     resumed = sweep.run()
     return outcome_of(
@@ -129,6 +144,7 @@ def kill_sweep(folder: Path) -> Outcome:
         4,
         time.monotonic() - started,
         f"{stale} trials left RUNNING were failed by the rerun (exit {resumed.returncode})",
+        orphans=orphans,
     )
 
 

@@ -93,6 +93,11 @@ class Sweep:
             return []
         return client.search_runs([experiment.experiment_id], max_results=10_000)
 
+    def parent_status(self) -> str | None:
+        """The status of the study's parent run (None before it exists)."""
+        parents = [run for run in self.runs() if "mlflow.parentRunId" not in run.data.tags]
+        return parents[0].info.status if parents else None
+
     def runs_left_running(self) -> int:
         return sum(run.info.status == "RUNNING" for run in self.runs())
 

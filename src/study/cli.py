@@ -251,6 +251,19 @@ def ui_main(argv: list[str] | None = None) -> int:
         return report(error)
 
 
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats matplotlib always writes
+
+
+def check_figure_path(path: Path) -> None:
+    """UserError unless `path` names a figure file of a format matplotlib writes."""
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder: give a file, e.g. {path / 'compare.png'}")
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(
+            f"--output {path} is not a figure file: end it in {', '.join(FIGURE_SUFFIXES)}"
+        )
+
+
 def compare_main(argv: Sequence[str] | None = None) -> int:
     """`scripts/compare.py RUN_ID RUN_ID ...`: the comparison figure and table of MLflow runs."""
     from study.compare import FIGURE, compare_runs, table
@@ -264,6 +277,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args = parser.parse_args(argv)
+        check_figure_path(args.output)
         store = Store.from_config(args.tracking_uri)
         database = Path(store.uri.removeprefix("sqlite:///"))
         if store.uri.startswith("sqlite:///") and not database.is_file():

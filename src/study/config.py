@@ -5,8 +5,9 @@ Each check failure is a UserError naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from study.secrets import redact
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 ENGINES = ("single", "packed")
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 _TRACKING_URI = re.compile(
     r"^(sqlite:///|(postgresql|mysql|mssql)(\+\w+)?://|https?://|databricks)"
 )
@@ -110,11 +112,28 @@ def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return missing
 
 
+def _floats(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Every float value set in `node` with its key; interpolations are not resolved."""
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, value in items:
+        name = f"{prefix}{key!s}"
+        if name == "hydra":
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            yield from _floats(value, f"{name}.")
+        elif isinstance(value, float):
+            yield name, value
+
+
 def _validate(cfg: DictConfig) -> None:
     missing = _missing_keys(cfg)
     if missing:
         raise UserError(f"{missing[0]} must be set: add {missing[0]}=... to the command")
-    _integer(cfg, "seed")
+    for key, value in _floats(cfg):
+        if not math.isfinite(value):
+            raise UserError(f"{key}={value} is not a finite number: set it to a number")
+    if not 0 <= _integer(cfg, "seed") <= MAX_SEED:
+        raise _fail("seed", cfg.seed, f"must be in [0, {MAX_SEED}]")
     _positive(cfg, "optimizer.lr")
     if "weight_decay" in cfg.optimizer and _number(cfg, "optimizer.weight_decay") < 0:
         raise _fail("optimizer.weight_decay", cfg.optimizer.weight_decay, "must be >= 0")

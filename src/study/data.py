@@ -148,20 +148,18 @@ def split_and_standardize(
         )
     order = np.random.default_rng(seed).permutation(n)
     parts = np.split(order, [n_train, n_train + n_val])
-    features = table.features.astype(np.float64)
-    mean = features[parts[0]].mean(axis=0)
-    std = features[parts[0]].std(axis=0)
-    std[std == 0] = 1.0  # a constant column stays constant (zero) instead of becoming NaN
-    standardized = ((features - mean) / std).astype(np.float32)
-
+    standardized = _standardized_features(table, parts[0])
     if table.task == CLASSIFICATION:
+        if len(np.unique(table.target[parts[0]])) < 2:
+            raise UserError(
+                f"data={table.name}: the training split holds one class only, so a classifier "
+                "learns nothing: use data with at least two classes in its training rows"
+            )
         target = torch.as_tensor(table.target, dtype=torch.long)
         n_outputs = 1 if table.n_classes <= 2 else table.n_classes
         target_scale = 1.0
     else:
-        train_target = table.target[parts[0]]
-        target_scale = float(train_target.std()) or 1.0
-        standardized_target = (table.target - train_target.mean()) / target_scale
+        standardized_target, target_scale = _standardized_target(table, parts[0])
         target = torch.as_tensor(standardized_target, dtype=torch.float32)
         n_outputs = 1
     x = torch.as_tensor(standardized).to(device)
@@ -181,6 +179,43 @@ def split_and_standardize(
         fingerprint=table.fingerprint(),
         target_scale=target_scale,
     )
+
+
+def _standardized_features(table: Table, train: np.ndarray) -> np.ndarray:
+    """Features scaled by the training rows' mean and std; UserError if they overflow."""
+    features = table.features.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = features[train].mean(axis=0)
+        std = features[train].std(axis=0)
+        std[std == 0] = 1.0  # a constant column stays constant (zero) instead of becoming NaN
+        standardized = ((features - mean) / std).astype(np.float32)
+    if not (
+        np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite(standardized).all()
+    ):
+        raise UserError(
+            f"data={table.name}: feature values too large to standardize (their mean or spread "
+            "overflows a float): rescale the features"
+        )
+    return standardized
+
+
+def _standardized_target(table: Table, train: np.ndarray) -> tuple[np.ndarray, float]:
+    """A regression target scaled by the training rows' mean and std, and that std."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        train_target = table.target[train].astype(np.float64)
+        scale = float(train_target.std())
+        standardized = (table.target - train_target.mean()) / (scale or 1.0)
+    if scale == 0:
+        raise UserError(
+            f"data={table.name}: the target is constant in the training split, so there is "
+            "nothing to learn: use a target that varies"
+        )
+    if not (np.isfinite(scale) and np.isfinite(standardized).all()):
+        raise UserError(
+            f"data={table.name}: target values too large to standardize (their spread "
+            "overflows a float): rescale the target"
+        )
+    return standardized, scale
 
 
 class LectureData(TabularData):

@@ -42,6 +42,11 @@ CSVS = {
     "empty.csv": "",
     "notarget.csv": "a,b,c\n1,2,0\n3,4,1\n",
     "gap.csv": "a,b,y\n1,2,0\n3,4,1\n5,,0\n",
+    # Two classes, but the only row of class 1 (index 20) is held out by the seed-0 split.
+    "one_class_in_training.csv": "a,y\n" + "".join(f"{i},{int(i == 20)}\n" for i in range(30)),
+    "constant_target.csv": "a,y\n" + "".join(f"{i},2.5\n" for i in range(30)),
+    "huge_features.csv": "a,y\n" + "".join(f"{(-1) ** i}e308,{i % 2}\n" for i in range(30)),
+    "huge_targets.csv": "a,y\n" + "".join(f"{i},{(-1) ** i}e200\n" for i in range(30)),
 }
 # Dotted keys cannot be added to `search` from the command line (`+search.KEY=` takes top-level
 # keys only), so a user puts a search space of their own in a file and passes --config-dir.
@@ -113,7 +118,14 @@ CASES = [
     run("hidden-size-text", ["model.hidden_sizes=[a]"], ["model.hidden_sizes", "integer"]),
     run("lr-text", ["optimizer.lr=fast"], ["optimizer.lr='fast'", "number"]),
     run("seed-fraction", ["seed=1.5"], ["seed=1.5", "integer"]),
+    run("seed-negative", ["seed=-1"], ["seed=-1", "[0, 4294967295]"]),
+    run("seed-too-large", ["seed=4294967296"], ["seed=4294967296", "[0, 4294967295]"]),
+    run("lr-nan", ["optimizer.lr=nan"], ["optimizer.lr=nan", "finite"]),
+    run("lr-inf", ["optimizer.lr=inf"], ["optimizer.lr=inf", "finite"]),
+    run("weight-decay-nan", ["optimizer.weight_decay=nan"], ["optimizer.weight_decay=nan"]),
+    run("noise-nan", ["data.noise=nan"], ["data.noise=nan", "finite"]),
     run("tracking-ftp", ["tracking.uri=ftp://x"], ["tracking.uri='ftp://x'", "sqlite:///"]),
+    run("run-dir-unwritable", ["hydra.run.dir=/proc/nope"], ["/proc/nope", "No such file"]),
     run(
         "tracking-db-unreachable",
         [f"tracking.uri={UNREACHABLE_PG}"],
@@ -137,6 +149,26 @@ CASES = [
     run("csv-header-only", [*CSV, "data.path={csv}/header_only.csv"], ["header but no rows"]),
     run(
         "csv-one-class", [*CSV, "data.path={csv}/one_class.csv"], ["data.target='y'", "one class"]
+    ),
+    run(
+        "csv-one-class-in-training",
+        [*CSV, "data.path={csv}/one_class_in_training.csv"],
+        ["training split holds one class only"],
+    ),
+    run(
+        "csv-constant-target",
+        [*CSV, "model=regressor", "data.path={csv}/constant_target.csv"],
+        ["target is constant"],
+    ),
+    run(
+        "csv-huge-features",
+        [*CSV, "data.path={csv}/huge_features.csv"],
+        ["feature values too large"],
+    ),
+    run(
+        "csv-huge-targets",
+        [*CSV, "model=regressor", "data.task=regression", "data.path={csv}/huge_targets.csv"],
+        ["target values too large"],
     ),
     run(
         "csv-task-unknown",
@@ -173,6 +205,17 @@ CASES = [
     sweep("unknown-pruner", ["sweep.pruner=bogus"], ["sweep.pruner='bogus'", "median, hyperband"]),
     sweep("zero-workers", ["sweep.workers=0"], ["sweep.workers=0", ">= 1"]),
     sweep("malformed-storage", ["sweep.storage=foo://bar"], ["sweep.storage='foo://bar'"]),
+    sweep("storage-folder", ["sweep.storage={csv}"], ["sweep.storage=", "is a folder"]),
+    sweep("study-name-empty", ["sweep.study_name=''"], ["sweep.study_name=''", "not allowed"]),
+    sweep(
+        "study-name-outside",
+        ["sweep.study_name=../../../tmp/x"],
+        ["sweep.study_name='../../../tmp/x'", "not allowed"],
+    ),
+    sweep("study-name-slash", ["sweep.study_name=a/b"], ["sweep.study_name='a/b'"]),
+    sweep("devices-not-visible", ["sweep.devices=[7]"], ["GPU 7", "not visible"]),
+    sweep("metric-never-logged", ["sweep.metric=val/r2"], ["sweep.metric='val/r2'", "never"]),
+    sweep("search-low-nan", ["+search.x={{type:float,low:nan,high:1}}"], ["low=nan", "finite"]),
     # --- storage URLs -----------------------------------------------------------------------
     sweep(
         "storage-unreachable",
@@ -212,6 +255,8 @@ CASES = [
     script("reproduce-no-id", "reproduce", [], ["run_id", "usage: reproduce.py"]),
     script("compare-one-id", "compare", [NO_RUN], ["at least two different runs, got 1"]),
     script("compare-ftp-store", "compare", ["a", "b", "--tracking-uri", "ftp://x"], ["ftp://x"]),
+    script("compare-output-folder", "compare", ["a", "b", "--output", "{csv}"], ["is a folder"]),
+    script("compare-output-txt", "compare", ["a", "b", "--output", "x.txt"], ["x.txt", ".png"]),
 ]
 
 

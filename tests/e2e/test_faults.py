@@ -38,6 +38,8 @@ def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(
 ) -> None:
     outcome = interrupt(tmp_path, signum)
     assert outcome.ok, outcome
+    assert outcome.exit_code not in (0, None), outcome  # an interrupted study did not succeed
+    assert outcome.parent_status == "KILLED", outcome
     assert outcome.recover_s is not None and outcome.recover_s < 20  # exits within seconds
     assert "left running before the rerun" in outcome.note
     assert outcome.note.split("; ")[1].startswith("0 left running")
@@ -50,8 +52,19 @@ def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(
 def test_a_rerun_fails_the_trials_a_dead_sweep_left_running(tmp_path: Path) -> None:
     outcome = kill_sweep(tmp_path)
     assert outcome.ok, outcome
-    assert not outcome.note.startswith("0 trials")  # there was something to clean up
-    assert any(t.state == optuna.trial.TrialState.FAIL for t in Sweep(tmp_path).trials())
+    assert outcome.orphans, outcome  # there was something to clean up
+    sweep = Sweep(tmp_path)
+    trials = sweep.trials()
+    children = {
+        int(run.data.tags["trial_number"]): run
+        for run in sweep.runs()
+        if "trial_number" in run.data.tags
+    }
+    for number in outcome.orphans:
+        assert trials[number].state == optuna.trial.TrialState.FAIL
+        run = children[number]
+        assert (run.info.status, run.data.tags["trial_state"]) == ("KILLED", "FAIL")
+        assert run.data.tags["error"], run.data.tags
 
 
 def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(

@@ -258,10 +258,6 @@ def test_the_hosts_that_survive_finish_without_error(hosts: Scenario) -> None:
         assert "Traceback" not in host.stderr, host.stderr
 
 
-def test_hosts_started_at_once_join_one_study(hosts: Scenario) -> None:
-    assert optuna.get_all_study_names(make_storage(hosts.storage)) == [STUDY]
-
-
 def test_exactly_n_trials_finish_across_hosts(hosts: Scenario) -> None:
     finished = [t for t in hosts.trials if t.state in FINISHED]
     assert len(finished) == N_TRIALS, [(t.number, t.state.name) for t in hosts.trials]

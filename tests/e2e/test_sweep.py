@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from helpers import all_runs
+from helpers import all_runs, cli, one_error_line
 from study.sweep.backends import FINISHED, make_storage
 from study.tracking import Store
 from study.ui import server_command, server_env, wait_until_up
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 
 
 def _script(
-    script: Path, *args: str, cwd: Path, timeout: float = 300
+    script: Path, *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(script), *args],
@@ -53,7 +53,7 @@ def _script(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
@@ -62,7 +62,8 @@ class Sweep:
     """A study run by scripts/run.py -m sweep in its own folder, with its own stores."""
 
     work: Path
-    name: str = "lecture"
+    name: str = "lecture-classifier"  # the default: the data and the model
+    env: dict[str, str] = field(default_factory=dict)
     results: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
 
     @property
@@ -88,7 +89,9 @@ class Sweep:
         self, *overrides: str, config_dir: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         flags = ["--config-dir", str(config_dir)] if config_dir else []
-        result = _script(RUN, *flags, "-m", "sweep", *self.private(), *overrides, cwd=self.work)
+        result = _script(
+            RUN, *flags, "-m", "sweep", *self.private(), *overrides, cwd=self.work, env=self.env
+        )
         self.results.append(result)
         if check:
             assert result.returncode == 0, (result.stdout, result.stderr)
@@ -178,6 +181,42 @@ def test_resume_reuses_the_study_parent_run(study_sweep: ResumedStudy) -> None:
     assert parent.info.run_name == "study tiny"
     assert parent.data.tags["study"] == "tiny"
     assert parent.info.status == "FINISHED"
+
+
+# Resuming with a command that means another study: one error line, nothing written.
+RESUME_CHANGES = {
+    "data": (["data=breast_cancer"], "created with data=lecture, this command has data=breast"),
+    "search space": (["search=wide"], "created with search=default, this command has search=wide"),
+    "metric": (["sweep.metric=val/acc"], "this command has sweep.metric=val/acc"),
+    "direction": (["sweep.direction=maximize"], "exists with direction minimize"),
+    "storage": (["sweep.storage={work}/other.journal"], "is kept in sweep.storage="),
+    "fewer trials": (["sweep.n_trials=3"], "has 7 finished trials, more than sweep.n_trials=3"),
+}
+
+
+@pytest.mark.parametrize("change", RESUME_CHANGES, ids=list(RESUME_CHANGES))
+def test_resuming_with_a_command_that_means_another_study_is_refused(
+    study_sweep: ResumedStudy, change: str
+) -> None:
+    sweep = study_sweep.sweep
+    changed, fragment = RESUME_CHANGES[change]
+    changed = [arg.format(work=sweep.work) for arg in changed]
+    keys = {arg.split("=")[0] for arg in changed}
+    command = [
+        arg
+        for arg in [*sweep.private(), "sweep.study_name=tiny", "sweep.workers=2", *TINY]
+        if arg.split("=")[0] not in keys and not (keys == {"data"} and "n_samples" in arg)
+    ]
+    [parent] = sweep.parents()
+    result = cli("run", "-m", "sweep", *command, *changed, cwd=sweep.work)
+    line = one_error_line(result)
+    assert fragment in line, line
+    assert "sweep.study_name=" in line or change in ("direction", "fewer trials")
+    assert len(sweep.trials()) == 7
+    [again] = sweep.parents()
+    assert (again.info.status, again.info.end_time) == (parent.info.status, parent.info.end_time)
+    assert len(sweep.runs()) == 8  # the parent and its 7 trials
+    assert not (sweep.work / "other.journal").exists()
 
 
 def test_the_study_is_an_experiment_named_after_it_in_the_model_training_view(
@@ -308,8 +347,14 @@ def test_the_summary_prints_best_value_params_counts_and_a_rerun_command(
         f"{counts['trials_pruned']:.0f} pruned, 0 failed"
     ) in out
     assert f"best value {best.value:.6g} (trial {best.number}" in out
-    for name in SEARCHED:
-        assert f"{name}  " in out and str(best.params[name]) in out
+    table = dict(
+        line.split()
+        for line in out.splitlines()
+        if line.startswith("  ") and len(line.split()) == 2
+    )
+    assert {name: table[name] for name in SEARCHED} == {
+        name: str(best.params[name]) for name in SEARCHED
+    }  # the table's own rows: the rerun line holds the same values
     assert f"best config: {sweep.sweep_dir / 'best_config.yaml'}" in out
     assert "rerun it: python scripts/run.py " in out
 
@@ -439,17 +484,19 @@ def test_an_mlflow_server_on_the_store_serves_the_study_through_its_rest_api(
         process.wait(timeout=30)
 
 
-# --- devices: two fake GPU ids on a CPU machine --------------------------------------------
+# --- devices: two GPU ids made visible on a CPU machine -------------------------------------
 
 
 @pytest.fixture(scope="module")
 def device_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
-    sweep = Sweep(tmp_path_factory.mktemp("devices"))
+    """CUDA_VISIBLE_DEVICES=0,1 makes the parent see two GPUs; each worker sees its own one
+    (and trains on the CPU where there is no GPU behind it)."""
+    sweep = Sweep(tmp_path_factory.mktemp("devices"), env={"CUDA_VISIBLE_DEVICES": "0,1"})
     sweep.run(
         "sweep.devices=[0,1]",
         "sweep.trials_per_gpu=2",
         "sweep.workers=auto",
-        "sweep.n_trials=6",
+        "sweep.n_trials=4",
         *TINY,
         "trainer.max_epochs=2",
     )
@@ -459,14 +506,14 @@ def device_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 def test_auto_workers_on_two_gpu_ids_times_two_trials_per_gpu_are_four(
     device_sweep: Sweep,
 ) -> None:
-    assert "4 workers on cuda 0, cuda 1" in device_sweep.stdout
+    assert "4 workers on cuda 0, cuda 1; " in device_sweep.stdout
     logs = sorted(path.name for path in device_sweep.sweep_dir.glob("worker_*.log"))
     assert logs == ["worker_0.log", "worker_1.log", "worker_2.log", "worker_3.log"]
 
 
 def test_each_worker_sees_only_its_own_cuda_visible_devices(device_sweep: Sweep) -> None:
     children = device_sweep.children().values()
-    assert len(children) == 6
+    assert len(children) == 4
     for child in children:
         worker = int(child.data.tags["worker"])
         assert child.data.tags["cuda_visible_devices"] == ["0", "1", "0", "1"][worker]

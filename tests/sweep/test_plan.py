@@ -1,15 +1,192 @@
-"""study.sweep.plan: how many trials a worker packs (sweep.pack)."""
+"""study.sweep.plan: the study's name, metric, devices, workers and definition, checked before
+anything is written."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from helpers import TINY
 from study.errors import UserError
-from study.sweep.plan import AUTO_PACK, pack_size
+from study.sweep.definition import check_same_study, encode
+from study.sweep.plan import AUTO_PACK, WORKERS_PER_PLACE, SweepPlan, pack_size
 from study.sweep.pool import Slot
 from study.sweep.space import Param
+
+CORES = os.cpu_count() or 1
+MakePlan = Callable[..., SweepPlan]
+
+
+@pytest.fixture
+def no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_the_default_study_name_is_the_data_and_the_model(make_plan: MakePlan) -> None:
+    assert make_plan().study_name == "lecture-classifier"
+    plan = make_plan("data=diabetes", "model=regressor")
+    assert plan.study_name == "diabetes-regressor"
+    assert plan.storage_url.endswith("study.journal")
+
+
+@pytest.mark.parametrize(
+    "name", ["", "../../../tmp/x", "a/b", "..", ".hidden", "a b", "x" * 65, "é", "a..b"]
+)
+def test_an_unsafe_study_name_is_refused(make_plan: MakePlan, name: str) -> None:
+    with pytest.raises(UserError, match=r"sweep.study_name=.* is not allowed"):
+        make_plan(f"sweep.study_name='{name}'")
+
+
+def test_a_safe_study_name_is_kept(make_plan: MakePlan) -> None:
+    assert make_plan("sweep.study_name=Lr_sweep-2.v1").study_name == "Lr_sweep-2.v1"
+
+
+def test_a_metric_the_model_never_logs_is_refused(make_plan: MakePlan) -> None:
+    with pytest.raises(UserError) as caught:
+        make_plan("sweep.metric=val/r2")
+    assert str(caught.value).startswith("sweep.metric='val/r2' is never logged by this model")
+
+
+def test_a_metric_the_model_logs_is_accepted(make_plan: MakePlan) -> None:
+    plan = make_plan("data=diabetes", "model=regressor", "sweep.metric=val/r2")
+    assert plan.metric == "val/r2"
+
+
+def test_a_metric_one_searched_model_never_logs_is_refused(make_plan: MakePlan) -> None:
+    with pytest.raises(UserError, match=r"model=regressor is unusable.*val/acc"):
+        make_plan("sweep.metric=val/acc", "+search.model={type:categorical,choices:[regressor]}")
+
+
+def test_devices_that_are_not_visible_are_refused(
+    make_plan: MakePlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(
+        UserError, match=r"GPU 7, which is not visible here: visible GPUs are 0, 1"
+    ):
+        make_plan("sweep.devices=[0,7]")
+
+
+def test_visible_devices_give_one_worker_per_gpu_slot(
+    make_plan: MakePlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    plan = make_plan("sweep.devices=[0,1]", "sweep.trials_per_gpu=2")
+    assert [slot.device for slot in plan.slots] == ["0", "1", "0", "1"]
+    assert plan.workers_note == ""
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_workers_are_capped_at_the_number_of_trials(make_plan: MakePlan) -> None:
+    plan = make_plan("sweep.workers=1000", "sweep.n_trials=3")
+    assert len(plan.slots) == 3
+    assert plan.workers_note == " (sweep.workers=1000 capped: 3 trials)"
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_workers_are_capped_at_a_few_per_core(make_plan: MakePlan) -> None:
+    plan = make_plan("sweep.workers=1000", "sweep.n_trials=100000")
+    assert len(plan.slots) == WORKERS_PER_PLACE * CORES
+    assert plan.workers_note == f" (sweep.workers=1000 capped: {WORKERS_PER_PLACE} per core)"
+
+
+def test_workers_are_capped_at_a_few_per_gpu_slot(
+    make_plan: MakePlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    plan = make_plan("sweep.workers=1000", "sweep.n_trials=100000", "sweep.trials_per_gpu=3")
+    assert len(plan.slots) == WORKERS_PER_PLACE * 2 * 3
+    assert "per GPU slot" in plan.workers_note
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_a_resumed_plan_runs_no_more_workers_than_trials_left(make_plan: MakePlan) -> None:
+    plan = make_plan("sweep.workers=2", "sweep.n_trials=10")
+    assert plan.capped_to(10) is plan
+    resumed = plan.capped_to(1)
+    assert len(resumed.slots) == 1
+    assert resumed.workers_note == " (sweep.workers capped: 1 trials left)"
+
+
+def test_a_folder_as_storage_is_refused(make_plan: MakePlan, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"sweep.storage=.* is a folder"):
+        make_plan(f"sweep.storage={tmp_path}")
+
+
+# --- the study's definition ---------------------------------------------------------------
+
+
+def _differs(before: SweepPlan, after: SweepPlan) -> str:
+    """The error of resuming `before`'s study with `after`'s plan ("" if the same study)."""
+    try:
+        check_same_study("s", encode(before.definition), after.definition)
+    except UserError as error:
+        return str(error)
+    return ""
+
+
+def test_run_settings_may_change_between_sessions(make_plan: MakePlan) -> None:
+    before = make_plan(*TINY)
+    after = make_plan(
+        *TINY,
+        "sweep.n_trials=50",
+        "sweep.workers=2",
+        "sweep.seed=7",
+        "sweep.sampler=random",
+        "sweep.max_failures=9",
+        "sweep.retries=0",
+        "sweep.heartbeat_s=3",
+        "sweep.threads_per_worker=2",
+        "sweep.study_name=other",
+        "tracking.uri=sqlite:///elsewhere.db",
+        "trainer.progress_bar=true",
+        "trainer.accelerator=cpu",
+    )
+    assert _differs(before, after) == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        (["data=breast_cancer"], "data=lecture, this command has data=breast_cancer"),
+        (["search=wide"], "search=default, this command has search=wide"),
+        (["sweep.metric=val/acc"], "sweep.metric=val/loss, this command has sweep.metric=val/acc"),
+        (["sweep.direction=maximize"], "sweep.direction=minimize, this command has"),
+        (["model.hidden_sizes=[9]"], "model.hidden_sizes=[8], this command has"),
+        (["seed=3"], "seed=0, this command has seed=3"),
+        (["trainer.max_epochs=3"], "trainer.max_epochs=4, this command has"),
+    ],
+)
+def test_what_defines_a_study_is_named_when_it_changes(
+    make_plan: MakePlan, change: list[str], shown: str
+) -> None:
+    before = make_plan(*TINY)
+    tiny = [o for o in TINY if not (change[0].startswith("data=") and "n_samples" in o)]
+    error = _differs(before, make_plan(*tiny, *change))
+    assert shown in error
+    assert "sweep.study_name=" in error and "higher sweep.n_trials" in error
+
+
+def test_a_csv_is_defined_by_its_bytes_not_its_path(make_plan: MakePlan, tmp_path: Path) -> None:
+    rows = "a,y\n" + "".join(f"{i},{i % 2}\n" for i in range(30))
+    for name in ("here.csv", "moved.csv"):
+        (tmp_path / name).write_text(rows)
+    (tmp_path / "edited.csv").write_text(rows + "30,1\n")
+
+    def plan(name: str) -> SweepPlan:
+        return make_plan("data=csv", "data.target=y", f"data.path={tmp_path / name}")
+
+    here = plan("here.csv")
+    assert _differs(here, plan("moved.csv")) == ""
+    assert "data.sha256=" in _differs(here, plan("edited.csv"))
+
+
+# --- sweep.pack: how many trials a worker packs ----------------------------------------
 
 Distributions = optuna.distributions
 LR = Param("optimizer.lr", Distributions.FloatDistribution(1e-4, 1e-1, log=True), False)

@@ -21,7 +21,6 @@ class StudySweeper(Sweeper):
         self.config = config
 
     def sweep(self, arguments: list[str]) -> Any:
-        from study.sweep.driver import run_sweep
         from study.sweep.plan import plan_sweep
 
         assert self.config is not None
@@ -42,5 +41,7 @@ class StudySweeper(Sweeper):
             Path(hydra_cfg.sweep.dir),
             choices,
         )
+        from study.sweep.driver import run_sweep  # MLflow (~3 s): after the plan is checked
+
         run_sweep(self.config, plan)
         return []

@@ -61,6 +61,31 @@ def default_storage(study_name: str) -> str:
     return str(PROJECT_ROOT / "mlruns" / "optuna" / f"{study_name}.journal")
 
 
+def check_storage_url(url: str) -> None:
+    """UserError unless `url` is an RDB URL or a journal file path (checked without opening)."""
+    shown = redact(url)
+    if _RDB_URL.match(url):
+        return
+    if "://" in url:
+        raise UserError(
+            f"sweep.storage={shown!r} is not a storage Optuna can use: give a journal file path, "
+            "sqlite:///file.db or postgresql://user@host:5432/db"
+        )
+    if Path(url).expanduser().is_dir():
+        raise UserError(
+            f"sweep.storage={shown!r} is a folder: give a journal file path in it, "
+            f"e.g. {Path(url) / 'study.journal'}"
+        )
+
+
+def storage_exists(url: str) -> bool:
+    """Whether the storage may hold studies already; opening a new journal or SQLite file
+    creates it, and a study refused before then leaves nothing behind."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).expanduser().exists()
+    return "://" in url or Path(url).expanduser().exists()
+
+
 def make_storage(
     url: str,
     heartbeat_s: int = 10,
@@ -71,6 +96,7 @@ def make_storage(
     An RDB storage records heartbeats every `heartbeat_s` seconds; a trial silent for three
     times that is stale, and whoever fails it (claims.claim_trial) calls `on_stale` on it.
     """
+    check_storage_url(url)
     shown = redact(url)
     if _RDB_URL.match(url):
         try:
@@ -91,11 +117,6 @@ def make_storage(
             raise UserError(
                 f"sweep.storage={shown!r} cannot be used: {reason or type(error).__name__}"
             ) from error
-    if "://" in url:
-        raise UserError(
-            f"sweep.storage={shown!r} is not a storage Optuna can use: give a journal file path, "
-            "sqlite:///file.db or postgresql://user@host:5432/db"
-        )
     path = Path(url).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,15 @@ from optuna.distributions import distribution_to_json
 
 from study.errors import UserError
 from study.secrets import redact
-from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage
+from study.sweep.backends import (
+    FINISHED,
+    StudyLock,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    storage_exists,
+)
+from study.sweep.definition import DEFINITION_ATTR, check_same_study, encode
 from study.sweep.plan import SweepPlan
 from study.sweep.pool import Scheduler
 from study.sweep.progress import ProgressLine, Tally, read_tally
@@ -30,11 +38,16 @@ from study.tracking import EXPERIMENT_KIND_TAG, Store, runs_url
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its parent run
 
 
-def open_study(plan: SweepPlan) -> optuna.Study:
-    storage = make_storage(plan.storage_url, plan.heartbeat_s)
+def open_study(plan: SweepPlan, client: MlflowClient) -> optuna.Study:
+    """The study, created with its definition or resumed if it means the same; UserError (and
+    nothing written) if it is not the study `plan` describes."""
+    existing = storage_exists(plan.storage_url)
+    storage = make_storage(plan.storage_url, plan.heartbeat_s) if existing else None
+    if storage is None or plan.study_name not in optuna.get_all_study_names(storage):
+        refuse_second_store(client, plan)
     study = optuna.create_study(
         study_name=plan.study_name,
-        storage=storage,
+        storage=storage or make_storage(plan.storage_url, plan.heartbeat_s),
         direction=plan.direction,  # type: ignore[arg-type]  # checked in plan_sweep
         load_if_exists=True,
         sampler=make_sampler(plan.sampler, plan.seed),
@@ -45,7 +58,39 @@ def open_study(plan: SweepPlan) -> optuna.Study:
             f"study {plan.study_name!r} exists with direction "
             f"{study.direction.name.lower()}: use another sweep.study_name"
         )
+    recorded = study.user_attrs.get(DEFINITION_ATTR)
+    if recorded is not None:
+        check_same_study(plan.study_name, recorded, plan.definition)
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    if finished > plan.n_trials:
+        raise UserError(
+            f"study {plan.study_name!r} has {finished} finished trials, more than sweep.n_trials="
+            f"{plan.n_trials}: set sweep.n_trials above {finished} to extend it"
+        )
+    if recorded is None:  # a new study, or one made before studies recorded their definition
+        study.set_user_attr(DEFINITION_ATTR, encode(plan.definition))
     return study
+
+
+def refuse_second_store(client: MlflowClient, plan: SweepPlan) -> None:
+    """UserError if the study's MLflow experiment already holds a study kept in another store:
+    a second parent run with a second "trial 0" would mix two studies in one experiment."""
+    experiment = client.get_experiment_by_name(plan.study_name)
+    if experiment is None:
+        return
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.study = '{plan.study_name}' and tags.`sweep.storage` LIKE '%'",
+        max_results=1,
+    )
+    storage = redact(plan.storage_url)
+    for parent in parents:
+        if parent.data.tags["sweep.storage"] != storage:
+            raise UserError(
+                f"study {plan.study_name!r} is kept in sweep.storage="
+                f"{parent.data.tags['sweep.storage']!r}, not {storage!r}: use that storage to "
+                "resume it, or sweep.study_name=NAME for a new study"
+            )
 
 
 def open_parent_run(
@@ -95,7 +140,8 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end."""
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
-    study = open_study(plan)
+    study = open_study(plan, client)
+    plan = plan.capped_to(plan.n_trials - read_tally(study, plan.n_trials).finished)
     lock = StudyLock(plan.storage_url, plan.study_name)
     with lock.held():  # hosts starting at the same moment: one parent run for the study
         experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
@@ -113,6 +159,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
             f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
             f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
             f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
+            f"{plan.workers_note}"
             f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}; "
             f"storage {redact(plan.storage_url)}",
             flush=True,

@@ -3,8 +3,10 @@ is written."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config, validate
 from study.errors import UserError
-from study.sweep.backends import PRUNERS, SAMPLERS, default_storage
-from study.sweep.pool import Slot, device_slots, threads_per_worker
+from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
+from study.sweep.definition import study_definition
+from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.space import Param, parse_space, range_ends, set_values, trial_base_config
+
+# The metrics each model logs every epoch (study.tasks): a study's metric must be one of them.
+EPOCH_METRICS = {
+    "study.tasks.Classifier": ("train/loss", "val/loss", "val/acc"),
+    "study.tasks.Regressor": ("train/loss", "val/loss", "val/rmse", "val/mae", "val/r2"),
+}
+# The study name is a folder and a file name: a safe character set, no path of its own.
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Workers beyond this many per core (CPU) or per GPU slot only wait for their turn.
+WORKERS_PER_PLACE = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,7 @@ class SweepPlan:
     pack: int  # trials a worker trains at once as one packed model
     threads: int
     slots: list[Slot]
+    workers_note: str  # why fewer workers run than sweep.workers asked for ("" if as asked)
     params: list[Param]
     base_config: DictConfig  # a trial's run config before its sampled values are set
     overrides: list[str]
@@ -43,6 +57,59 @@ class SweepPlan:
     conf_dir: str
     sweep_dir: Path
     max_epochs: int
+    definition: dict[str, Any]  # what the study means (study.sweep.definition)
+
+    def capped_to(self, trials_left: int) -> SweepPlan:
+        """This plan with no more workers than trials left to run."""
+        if len(self.slots) <= trials_left or trials_left < 1:
+            return self
+        note = f" (sweep.workers capped: {trials_left} trials left)"
+        return replace(self, slots=self.slots[:trials_left], workers_note=note)
+
+
+def check_study_name(name: str) -> None:
+    if not _STUDY_NAME.match(name) or ".." in name:
+        raise UserError(
+            f"sweep.study_name={name!r} is not allowed: it names a folder and a file, so use "
+            "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..'"
+        )
+
+
+def check_metric(cfg: DictConfig, metric: str) -> None:
+    logged = EPOCH_METRICS.get(str(cfg.model.get("_target_")))
+    if logged is not None and metric not in logged:
+        raise UserError(
+            f"sweep.metric={metric!r} is never logged by this model: use one of "
+            f"{', '.join(logged)}"
+        )
+
+
+def check_devices(devices: Sequence[Any] | None) -> None:
+    if devices is None:
+        return
+    visible = visible_gpus()
+    for device in devices:
+        if str(device) not in visible:
+            raise UserError(
+                f"sweep.devices lists GPU {device}, which is not visible here: visible GPUs are "
+                f"{', '.join(visible) or 'none'} (sweep.devices=null uses every visible GPU)"
+            )
+
+
+def capped_slots(
+    slots: list[Slot], workers: Any, n_trials: int, trials_per_gpu: int
+) -> tuple[list[Slot], str]:
+    """No more workers than trials, nor than WORKERS_PER_PLACE per core or GPU slot; and why."""
+    gpus = {slot.device for slot in slots if slot.device is not None}
+    places = len(gpus) * trials_per_gpu if gpus else os.cpu_count() or 1
+    limits = [
+        (n_trials, f"{n_trials} trials"),
+        (WORKERS_PER_PLACE * places, f"{WORKERS_PER_PLACE} per {'GPU slot' if gpus else 'core'}"),
+    ]
+    limit, why = min(limits)
+    if len(slots) <= limit:
+        return slots, ""
+    return slots[:limit], f" (sweep.workers={workers} capped: {why})"
 
 
 # What may differ between the members of a pack: one architecture, optimizer and data per pack.
@@ -107,23 +174,24 @@ def plan_sweep(
             "search.* (or use hydra/sweeper=basic for a grid)"
         )
     settings = cfg.sweep
-    if settings.sampler not in SAMPLERS:
-        raise UserError(
-            f"sweep.sampler={settings.sampler!r} is unknown: use one of {', '.join(SAMPLERS)}"
-        )
-    if str(settings.pruner) not in PRUNERS:
-        raise UserError(
-            f"sweep.pruner={settings.pruner!r} is unknown: use one of {', '.join(PRUNERS)}"
-        )
-    if settings.direction not in ("minimize", "maximize"):
-        raise UserError(f"sweep.direction={settings.direction!r}: use minimize or maximize")
+    study_name = str(settings.study_name)
+    check_study_name(study_name)
+    _check_engines(settings)
     n_trials = _positive_int(settings, "n_trials")
     max_failures = _positive_int(settings, "max_failures")
     retries = settings.get("retries", 1)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     heartbeat_s = _positive_int(settings, "heartbeat_s")
-    slots = device_slots(settings.workers, settings.trials_per_gpu, settings.devices)
+    storage_url = str(settings.storage or default_storage(study_name))
+    check_storage_url(storage_url)
+    check_devices(settings.devices)
+    slots, workers_note = capped_slots(
+        device_slots(settings.workers, settings.trials_per_gpu, settings.devices),
+        settings.workers,
+        n_trials,
+        settings.trials_per_gpu,
+    )
     if cfg.trainer.accelerator in ("gpu", "cuda") and all(slot.device is None for slot in slots):
         raise UserError(
             f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible here: "
@@ -137,7 +205,62 @@ def plan_sweep(
             f"sweep.threads_per_worker={threads!r} is out of range: use auto or an integer >= 1"
         )
     validate(cfg)
+    metric = str(settings.metric)
     params = parse_space(OmegaConf.to_container(cfg.search), cfg, group_choices)  # type: ignore[arg-type]
+    _check_range_ends(cfg, params, overrides, conf_dir, config_name, metric)
+    base_config = trial_base_config(cfg, study_name)
+    return SweepPlan(
+        study_name=study_name,
+        n_trials=n_trials,
+        storage_url=storage_url,
+        sampler=str(settings.sampler),
+        pruner=str(settings.pruner),
+        seed=int(settings.seed),
+        direction=str(settings.direction),
+        metric=metric,
+        max_failures=max_failures,
+        retries=retries,
+        heartbeat_s=heartbeat_s,
+        pack=pack_size(settings.get("pack", 1), cfg, params, n_trials, slots),
+        threads=threads,
+        slots=slots,
+        workers_note=workers_note,
+        params=params,
+        base_config=base_config,
+        overrides=list(overrides),
+        config_name=config_name,
+        conf_dir=conf_dir,
+        sweep_dir=sweep_dir,
+        max_epochs=int(cfg.trainer.max_epochs),
+        definition=study_definition(
+            base_config, params, metric, str(settings.direction), group_choices
+        ),
+    )
+
+
+def _check_engines(settings: DictConfig) -> None:
+    if settings.sampler not in SAMPLERS:
+        raise UserError(
+            f"sweep.sampler={settings.sampler!r} is unknown: use one of {', '.join(SAMPLERS)}"
+        )
+    if str(settings.pruner) not in PRUNERS:
+        raise UserError(
+            f"sweep.pruner={settings.pruner!r} is unknown: use one of {', '.join(PRUNERS)}"
+        )
+    if settings.direction not in ("minimize", "maximize"):
+        raise UserError(f"sweep.direction={settings.direction!r}: use minimize or maximize")
+
+
+def _check_range_ends(
+    cfg: DictConfig,
+    params: list[Param],
+    overrides: Sequence[str],
+    conf_dir: str,
+    config_name: str,
+    metric: str,
+) -> None:
+    """Each end of every range must make a valid run config that logs the study's metric."""
+    check_metric(cfg, metric)
     for values in range_ends(params):
         shown = " ".join(param.override(value) for param, value in values)
         groups = [param.override(value) for param, value in values if param.is_group]
@@ -147,31 +270,9 @@ def plan_sweep(
                 compose_config(conf_dir, config_name, [*overrides, *groups]) if groups else cfg
             )
             validate(set_values(composed, values))
+            check_metric(composed, metric)
         except UserError as error:
             raise UserError(f"search: the range end {shown} is unusable: {error}") from error
         except Exception as error:
             first = str(error).splitlines()[0]
             raise UserError(f"search: {shown} does not compose: {first}") from error
-    return SweepPlan(
-        study_name=str(settings.study_name),
-        n_trials=n_trials,
-        storage_url=str(settings.storage or default_storage(settings.study_name)),
-        sampler=str(settings.sampler),
-        pruner=str(settings.pruner),
-        seed=int(settings.seed),
-        direction=str(settings.direction),
-        metric=str(settings.metric),
-        max_failures=max_failures,
-        retries=retries,
-        heartbeat_s=heartbeat_s,
-        pack=pack_size(settings.get("pack", 1), cfg, params, n_trials, slots),
-        threads=threads,
-        slots=slots,
-        params=params,
-        base_config=trial_base_config(cfg, str(settings.study_name)),
-        overrides=list(overrides),
-        config_name=config_name,
-        conf_dir=conf_dir,
-        sweep_dir=sweep_dir,
-        max_epochs=int(cfg.trainer.max_epochs),
-    )

@@ -43,6 +43,8 @@ def visible_gpus() -> list[str]:
         return [
             item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"
         ]
+    if not any(Path("/dev").glob("nvidia[0-9]*")) and not Path("/dev/dxg").exists():
+        return []  # no NVIDIA device node (WSL has /dev/dxg): no need to import torch (~3 s)
     import torch
 
     return [str(index) for index in range(torch.cuda.device_count())]

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -33,18 +33,26 @@ class TrialStart:
     tags: dict[str, str]
 
 
+class ParentGone(SystemExit):
+    """The sweep's parent closed its end of the events pipe: exit quietly, runs closed KILLED
+    (nobody is left to report to; the next session fails the trials left RUNNING)."""
+
+
 class TrialRunner:
-    def __init__(self, spec: WorkerSpec, index: int, events: IO[str]) -> None:
+    def __init__(self, spec: WorkerSpec, index: int, events_fd: int) -> None:
         self.spec = spec
         self.index = index
-        self.events = events
+        self.events_fd = events_fd
         self.base = OmegaConf.create(spec.base_config)
         self.store = Store.from_config(spec.tracking_uri)
         self.client = self.store.client()
 
     def emit(self, event: Event) -> None:
-        self.events.write(encode_event(event) + "\n")
-        self.events.flush()
+        # Unbuffered: nothing is left to flush (and fail) at exit once the parent is gone.
+        try:
+            os.write(self.events_fd, (encode_event(event) + "\n").encode())
+        except BrokenPipeError:
+            raise ParentGone(f"worker {self.index}: the sweep's parent is gone: exiting") from None
 
     def trial_config(self, values: list[tuple[Param, Any]]) -> DictConfig:
         """The trial's run config: the study's base config with the sampled values set.

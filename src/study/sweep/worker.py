@@ -33,8 +33,8 @@ def main(argv: list[str]) -> int:
     # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     die_with_parent()
-    with os.fdopen(events_fd, "w", buffering=1) as events:
-        runner = TrialRunner(spec, index, events)
+    try:
+        runner = TrialRunner(spec, index, events_fd)
         on_stale = StaleTrialCallback(
             runner.client, spec.experiment_id, spec.parent_run_id, spec.retries
         )
@@ -62,6 +62,8 @@ def main(argv: list[str]) -> int:
         else:
             while (trial := next_trial()) is not None:
                 runner.run(study, storage, trial)
+    finally:
+        os.close(events_fd)
     return 0
 
 
