@@ -173,3 +173,21 @@ def test_a_regressor_pack_reports_errors_in_target_units() -> None:
         assert last["val/r2"] > first["val/r2"] and last["val/r2"] > 0.2
         assert last["val/rmse"] == pytest.approx(math.sqrt(last["val/loss"]) * splits.target_scale)
         assert set(member.test_metrics) == {"test/loss", "test/rmse", "test/mae", "test/r2"}
+
+
+def test_a_source_with_no_member_now_is_asked_again_at_the_next_epoch(lecture: Splits) -> None:
+    """A sweep's source has no trial while the study's last ones run: the pack trains on and
+    asks again, instead of waiting for trials it holds itself or giving up on a retry."""
+    first = Member(seed=1, lr=3e-3, max_epochs=4)
+    later = Member(seed=2, lr=3e-3, max_epochs=2)
+    answers: list[Member | None] = [first, None, None, later]
+    asked: list[int] = []
+
+    def source() -> Member | None:
+        asked.append(len(first.history))
+        return answers.pop(0) if answers else None
+
+    finished = train_pack(source, lecture, ARCH, ADAM, slots=2)
+    assert [m.seed for m in finished] == [1, 2]
+    assert asked[:4] == [0, 0, 1, 2]  # the free slot asked again after each epoch
+    assert len(later.history) == 2

@@ -69,7 +69,6 @@ class PackedTask(pl.LightningModule):
         self.divergence_limit = diverge_level * splits.baseline_loss()
         self.active: dict[int, Slot] = {}
         self.done: list[Member] = []
-        self._source_exhausted = False
 
     # Task-specific: per-row training losses and whole-split metrics, both per member.
     def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -208,11 +207,12 @@ class PackedTask(pl.LightningModule):
             self.on_member_done_hook(member)
 
     def _refill(self) -> None:
+        """Free slots take the source's next members; a source with none now (None) is asked
+        again at the next epoch boundary, and the pack ends when it has none left to train."""
         free = [i for i in range(len(self.net.slots)) if i not in self.active]
         for index in free:
-            member = None if self._source_exhausted else self.source()
+            member = self.source()
             if member is None:
-                self._source_exhausted = True
                 return
             self._start(index, member)
 

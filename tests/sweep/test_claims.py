@@ -119,6 +119,16 @@ def test_a_claim_waits_while_the_last_trial_runs_elsewhere_then_ends(shared: Sha
     assert waited >= 2.5
 
 
+def test_a_claim_that_must_not_wait_is_none_at_once_while_the_last_trial_runs(
+    shared: Shared,
+) -> None:
+    running = claim_trial(shared.study, shared.storage, 1, shared.lock)
+    assert running is not None  # a pack's own trial: waiting for it would wait forever
+    start = time.monotonic()
+    assert claim_trial(shared.study, shared.storage, 1, shared.lock, wait=False) is None
+    assert time.monotonic() - start < GRACE_S  # no heartbeat period waited out
+
+
 def test_without_heartbeats_a_claim_beyond_n_trials_is_none_at_once(tmp_path: Path) -> None:
     url = str(tmp_path / "study.journal")
     storage = make_storage(url)

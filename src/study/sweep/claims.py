@@ -43,13 +43,15 @@ def claim_trial(
     storage: optuna.storages.BaseStorage,
     n_trials: int,
     lock: StudyLock,
+    wait: bool = True,
 ) -> optuna.Trial | None:
     """Start one of the study's n_trials in this worker; None when all are taken.
 
     `storage` is the one `study` was loaded with. With heartbeats (RDB storages), trials whose
     worker went silent are failed first (their retries queued by the storage's stale-trial
     callback), and while the last trials run elsewhere this waits: one of them may yet fail,
-    on a host that will never retry it.
+    on a host that will never retry it. A worker that runs trials itself must not wait (some
+    of those it would wait for are its own): `wait=False` answers None at once.
     """
     heartbeat = heartbeat_interval(storage)
     while True:
@@ -67,7 +69,7 @@ def claim_trial(
                 trial.set_user_attr("host", HOST)
                 trial.set_user_attr("pid", os.getpid())
                 return trial
-            if not heartbeat or sum(t.state in FINISHED for t in counted) >= n_trials:
+            if not heartbeat or not wait or sum(t.state in FINISHED for t in counted) >= n_trials:
                 return None
         time.sleep(heartbeat)
 

@@ -59,7 +59,7 @@ class PackRunner:
         runner: TrialRunner,
         study: optuna.Study,
         storage: optuna.storages.BaseStorage,
-        next_trial: Callable[[], optuna.Trial | None],
+        next_trial: Callable[[bool], optuna.Trial | None],
     ) -> None:
         self.runner = runner
         self.spec = runner.spec
@@ -77,7 +77,7 @@ class PackRunner:
                 self.runner.client, self.spec.study_name
             )
         except Exception as error:  # as one at a time: each trial fails, saying why
-            while (trial := self.next_trial()) is not None:
+            while (trial := self.next_trial(True)) is not None:
                 self._fail(trial, error)
             return
         splits = self.prepared.splits
@@ -99,8 +99,9 @@ class PackRunner:
             raise
 
     def next_member(self) -> Member | None:
-        """The study's next trial as a member of the pack; None when there is none."""
-        while (trial := self.next_trial()) is not None:
+        """The study's next trial as a member of the pack; None when there is none now. Only a
+        pack with no trial of its own may wait for one (it would wait for itself)."""
+        while (trial := self.next_trial(not self.running)) is not None:
             try:
                 return member_of(self._open(trial), key=trial.number)
             except Exception as error:  # this trial fails; the pack takes the next one

@@ -47,12 +47,25 @@ def main(argv: list[str]) -> int:
         )
         lock = StudyLock(spec.storage, spec.study_name)
 
-        def next_trial() -> optuna.Trial | None:
-            """The next trial to run, once the parent says go on; None when there is none."""
-            if sys.stdin.readline().strip() != "trial":
+        go_aheads = 0  # "trial" lines from the parent not yet spent on a trial
+        stopped = False  # the parent said stop, or the study has no trial left for us
+
+        def next_trial(wait: bool = True) -> optuna.Trial | None:
+            """The next trial to run, once the parent says go on; None when there is none (with
+            `wait=False`: none right now, while this worker's own trials still run)."""
+            nonlocal go_aheads, stopped
+            if stopped:
                 return None
-            trial = claim_trial(study, storage, spec.n_trials, lock)
-            if trial is None:
+            if not go_aheads:
+                if sys.stdin.readline().strip() != "trial":
+                    stopped = True
+                    return None
+                go_aheads += 1
+            trial = claim_trial(study, storage, spec.n_trials, lock, wait)
+            if trial is not None:
+                go_aheads -= 1
+            elif wait:
+                stopped = True
                 runner.emit(Exhausted())
             return trial
 
