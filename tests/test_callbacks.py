@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from helpers import tiny
-from study.callbacks import EpochProgress, MetricsLogger
+from study.callbacks import EpochProgress, MetricsLogger, TrialReporter
 from study.tracking import tracked_run
 from study.train import fit
 
@@ -191,3 +191,41 @@ def test_in_a_terminal_a_bar_counts_epochs_with_the_losses() -> None:
     assert last.startswith("7/30 epochs |")
     assert last.rstrip().endswith(", train/loss 0.2857  val/loss 0.1429")
     assert "1/1" not in screen
+
+
+class _Trial:
+    """The two calls TrialReporter makes on an Optuna trial."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[float, int]] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return False
+
+
+def _epoch(reporter: TrialReporter, train_loss: float, baseline: float = 0.7) -> Any:
+    trainer: Any = SimpleNamespace(should_stop=False)
+    module: Any = SimpleNamespace(
+        history=[{"epoch": 1, "train/loss": train_loss, "val/loss": 0.5}], baseline_loss=baseline
+    )
+    reporter.on_train_epoch_end(trainer, module)
+    return trainer
+
+
+def test_a_finite_training_loss_above_the_diverge_level_stops_the_trial_as_diverged() -> None:
+    reporter = TrialReporter(_Trial(), "val/loss", maximize=False, diverge_level=3.0)  # type: ignore[arg-type]
+    trainer = _epoch(reporter, train_loss=2.2)  # 2.2 > 3 x 0.7: finite, but exploded
+    assert trainer.should_stop
+    assert reporter.outcome_tags() == {"trial_state": "PRUNED", "reason": "diverged"}
+
+
+def test_a_training_loss_below_the_diverge_level_trains_on_and_is_reported() -> None:
+    trial = _Trial()
+    reporter = TrialReporter(trial, "val/loss", maximize=False, diverge_level=3.0)  # type: ignore[arg-type]
+    trainer = _epoch(reporter, train_loss=2.0)  # 2.0 < 2.1
+    assert not trainer.should_stop
+    assert trial.reports == [(0.5, 1)]
+    assert reporter.outcome_tags() == {"trial_state": "COMPLETE"}

@@ -288,6 +288,18 @@ def test_csv_with_float_target_is_inferred_as_regression(tmp_path: Path) -> None
     assert splits.n_outputs == 1
 
 
+@pytest.mark.parametrize(("distinct", "task"), [(20, CLASSIFICATION), (21, REGRESSION)])
+def test_an_integer_target_is_classes_up_to_20_distinct_values(
+    tmp_path: Path, distinct: int, task: str
+) -> None:
+    rows = "\n".join(f"{i},{i % 7},{i % distinct}" for i in range(4 * distinct))
+    path = _csv(tmp_path, f"a,b,y\n{rows}\n")
+    assert CsvData(str(path), "y").prepare(task).task == task
+    other = REGRESSION if task == CLASSIFICATION else CLASSIFICATION
+    with pytest.raises(UserError, match=f"is a {task} dataset"):
+        CsvData(str(path), "y").prepare(other)
+
+
 def test_csv_task_can_be_set_instead_of_inferred(tmp_path: Path) -> None:
     rows = "\n".join(f"{i},{i % 5},{i % 4}" for i in range(30))
     path = _csv(tmp_path, f"a,b,y\n{rows}\n")

@@ -39,3 +39,16 @@ def test_an_unexpected_error_shows_its_traceback_and_exits_1(
     except OSError as error:
         assert report(error) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_unexpected_errors_traceback_has_its_passwords_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    try:
+        raise RuntimeError("could not connect to postgresql://study:hunter2@db:5432/optuna")
+    except RuntimeError as error:
+        assert report(error) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "hunter2" not in err
+    assert "postgresql://study:***@db:5432/optuna" in err

@@ -17,7 +17,14 @@ def test_mlp_has_one_dense_layer_per_hidden_size_then_an_output_layer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "layer_type"), [("relu", nn.ReLU), ("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)]
+    ("name", "layer_type"),
+    [
+        ("relu", nn.ReLU),
+        ("sigmoid", nn.Sigmoid),
+        ("tanh", nn.Tanh),
+        ("gelu", nn.GELU),
+        ("leaky_relu", nn.LeakyReLU),
+    ],
 )
 def test_mlp_puts_the_chosen_activation_after_each_hidden_layer(
     name: str, layer_type: type[nn.Module]

@@ -19,8 +19,10 @@ RunScript = Callable[..., subprocess.CompletedProcess[str]]
 pytestmark = pytest.mark.slow
 
 
-def _train(run_script: RunScript, tracking_uri: str, *extra: str) -> str:
-    result = run_script("run", *tiny(f"tracking.uri={tracking_uri}", *extra))
+def _train(
+    run_script: RunScript, tracking_uri: str, *extra: str, env: dict[str, str] | None = None
+) -> str:
+    result = run_script("run", *tiny(f"tracking.uri={tracking_uri}", *extra), env=env)
     assert result.returncode == 0, result.stderr
     found = re.search(r"^run ([0-9a-f]{32}) ", result.stdout, re.MULTILINE)
     assert found, result.stdout
@@ -31,7 +33,9 @@ def _train(run_script: RunScript, tracking_uri: str, *extra: str) -> str:
 def test_a_run_reproduces_with_identical_metrics_and_curves(
     run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient, model: str
 ) -> None:
-    original = _train(run_script, tracking_uri, f"model={model}", "optimizer=sgd")
+    # The regressor trains on one torch thread, not the machine's default: the rerun must too.
+    threads = {"OMP_NUM_THREADS": "1"} if model == "regressor" else None
+    original = _train(run_script, tracking_uri, f"model={model}", "optimizer=sgd", env=threads)
     result = run_script("reproduce", original, "--tracking-uri", tracking_uri)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "identical" in result.stdout
@@ -48,6 +52,9 @@ def test_a_run_reproduces_with_identical_metrics_and_curves(
         ]
     assert first.metrics["best_val_loss"] == second.metrics["best_val_loss"]
     assert copy.info.status == "FINISHED"
+    assert second.tags["torch.threads"] == first.tags["torch.threads"]
+    if threads:
+        assert first.tags["torch.threads"] == "1"
 
 
 def test_a_run_whose_numbers_differ_exits_non_zero_and_says_which(

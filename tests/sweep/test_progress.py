@@ -1,0 +1,43 @@
+"""study.sweep.progress: the study's progress line, every field of it."""
+
+from __future__ import annotations
+
+import re
+
+from study.sweep.progress import ProgressLine, Tally
+
+LINE = re.compile(
+    r"^\[(?P<name>\S+)\] (?P<finished>\d+)/(?P<total>\d+) finished, (?P<pruned>\d+) pruned, "
+    r"(?P<failed>\d+) failed, (?P<running>\d+) running \| best (?P<best>.+?) \| "
+    r"(?P<elapsed>\d+:\d\d) elapsed, ETA (?P<eta>\S+)$"
+)
+
+
+def _line(tally: Tally, already: int = 0, elapsed_s: float = 90.0) -> dict[str, str]:
+    progress = ProgressLine("lecture", tally.n_trials, lambda: Tally(tally.n_trials, already))
+    progress.start -= elapsed_s
+    found = LINE.match(progress.render(tally))
+    assert found, progress.render(tally)
+    return found.groupdict()
+
+
+def test_every_field_of_the_line_comes_from_the_study() -> None:
+    tally = Tally(20, finished=6, pruned=2, failed=1, running=2, best_value=0.1234, best_number=4)
+    fields = _line(tally)
+    assert fields["name"] == "lecture"
+    assert (fields["finished"], fields["total"]) == ("6", "20")
+    assert (fields["pruned"], fields["failed"], fields["running"]) == ("2", "1", "2")
+    assert fields["best"] == "0.1234 (trial 4)"
+    assert fields["elapsed"] == "1:30"
+    assert fields["eta"] == "3:30"  # 14 left at 15 s each
+
+
+def test_the_eta_of_a_resumed_study_counts_only_this_sessions_trials() -> None:
+    # 10 finished before this session; 2 more in 60 s: 8 left at 30 s each.
+    fields = _line(Tally(20, finished=12), already=10, elapsed_s=60.0)
+    assert (fields["finished"], fields["best"]) == ("12", "-")
+    assert fields["eta"] == "4:00"
+
+
+def test_before_any_trial_of_this_session_the_eta_is_unknown() -> None:
+    assert _line(Tally(20, finished=10), already=10)["eta"] == "?"
