@@ -100,7 +100,8 @@ def kill_worker(folder: Path, *overrides: str) -> Outcome:
 
 def interrupt(folder: Path, signum: int) -> Outcome:
     """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes."""
-    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", *SLOW)
+    # One trial at a time: a pack trains these four in seconds, before the signal lands.
+    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", "sweep.pack=1", *SLOW)
     process = sweep.start()
     sweep.wait_for_running_trial()
     sent = time.monotonic()
@@ -125,7 +126,7 @@ def interrupt(folder: Path, signum: int) -> Outcome:
 
 def kill_sweep(folder: Path) -> Outcome:
     """SIGKILL the sweep and its workers (the machine gone), then rerun the same command."""
-    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", *SLOW)
+    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", "sweep.pack=1", *SLOW)
     process = sweep.start()
     sweep.wait_for_running_trial()
     os.killpg(process.pid, signal.SIGKILL)  # the parent's process group: the parent only
@@ -189,11 +190,12 @@ def failing(folder: Path) -> Outcome:
         *TINY,
         "trainer.max_epochs=2",
         "trainer.accelerator=gpu",
-        "sweep.devices=[0]",  # a GPU this machine lacks: every trial raises in its worker
         "sweep.max_failures=3",
     )
     started = time.monotonic()
-    result = sweep.run()
+    # A GPU id the sweep is told is there, which torch in the workers cannot find: every
+    # trial passes the sweep's checks and raises in its worker.
+    result = sweep.run(env={"CUDA_VISIBLE_DEVICES": "0"})
     last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     outcome = outcome_of(
         sweep,

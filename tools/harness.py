@@ -5,6 +5,7 @@ check and the fault scenarios.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -53,9 +54,16 @@ class Sweep:
             start_new_session=True,
         )
 
-    def run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *extra: str, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.command(*extra), cwd=self.folder, capture_output=True, text=True, timeout=timeout
+            self.command(*extra),
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
         )
 
     def run_to_end(self, *extra: str) -> optuna.Study:
