@@ -12,7 +12,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from helpers import one_error_line, tiny
+from helpers import cli, one_error_line, tiny
 from study.reproduce import REPRODUCED_FROM_TAG
 
 RunScript = Callable[..., subprocess.CompletedProcess[str]]
@@ -58,46 +58,31 @@ def test_a_run_reproduces_with_identical_metrics_and_curves(
 
 
 def test_a_run_whose_numbers_differ_exits_non_zero_and_says_which(
-    run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient
+    tracking_uri: str, mlflow_client: MlflowClient, tmp_path: Path
 ) -> None:
-    original = _train(run_script, tracking_uri)
+    trained = cli("run", *tiny(f"tracking.uri={tracking_uri}"), cwd=tmp_path)
+    found = re.search(r"^run ([0-9a-f]{32}) ", trained.stdout, re.MULTILINE)
+    assert found, trained.stdout + trained.stderr
+    original = found.group(1)
     # As if the original had trained on other hardware: its logged best differs.
     best = mlflow_client.get_run(original).data.metrics["best_val_loss"]
     later = int(time.time() * 1000) + 60_000  # the newest value at step 0 is the one shown
     mlflow_client.log_batch(original, metrics=[Metric("best_val_loss", best + 0.5, later, 0)])
-    result = run_script("reproduce", original, "--tracking-uri", tracking_uri)
+    result = cli("reproduce", original, "--tracking-uri", tracking_uri, cwd=tmp_path)
     assert result.returncode == 1
     assert re.search(r"^best_val_loss .* NO$", result.stdout, re.MULTILINE), result.stdout
     assert "DIFFERENT" in result.stdout
 
 
-def test_an_unknown_run_id_is_one_error_line(run_script: RunScript, tracking_uri: str) -> None:
-    _train(run_script, tracking_uri)  # the store exists; the id does not
-    result = run_script("reproduce", "0" * 32, "--tracking-uri", tracking_uri)
-    assert "no run" in one_error_line(result)
+# An unknown run id, a store that does not exist and one that cannot be reached: rows of the
+# bad-input table (tests/e2e/test_bad_input.py).
 
 
 def test_a_run_without_a_logged_config_is_one_error_line(
-    run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient
+    tracking_uri: str, mlflow_client: MlflowClient, tmp_path: Path
 ) -> None:
-    _train(run_script, tracking_uri)
-    experiment = mlflow_client.get_experiment_by_name("study")
-    assert experiment is not None
-    bare = mlflow_client.create_run(experiment.experiment_id).info.run_id
+    experiment_id = mlflow_client.create_experiment("study")
+    bare = mlflow_client.create_run(experiment_id).info.run_id
     mlflow_client.set_terminated(bare)
-    result = run_script("reproduce", bare, "--tracking-uri", tracking_uri)
+    result = cli("reproduce", bare, "--tracking-uri", tracking_uri, cwd=tmp_path)
     assert "config.yaml" in one_error_line(result)
-
-
-def test_a_store_that_does_not_exist_is_one_error_line(
-    run_script: RunScript, tmp_path: Path
-) -> None:
-    missing = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
-    result = run_script("reproduce", "0" * 32, "--tracking-uri", missing)
-    assert "no MLflow store" in one_error_line(result)
-    assert not (tmp_path / "nowhere" / "mlflow.db").exists()
-
-
-def test_an_unreachable_tracking_server_is_one_error_line(run_script: RunScript) -> None:
-    result = run_script("reproduce", "0" * 32, "--tracking-uri", "http://127.0.0.1:9", timeout=120)
-    assert "cannot be reached" in one_error_line(result)

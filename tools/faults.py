@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 TINY = ["data.n_samples=120", "model.hidden_sizes=[8]", "sweep.sampler=random"]
 # Long enough trials that a fault lands mid-trial.
 SLOW = [
-    "data.n_samples=1000",
-    "trainer.max_epochs=40",
+    "data.n_samples=600",
+    "trainer.max_epochs=30",
     "trainer.early_stopping.enabled=false",
     "sweep.sampler=random",
     "sweep.pruner=none",
