@@ -26,11 +26,13 @@ sweep: install
 compare: install
 	$(PY) scripts/run.py -m compare
 
+# Two test processes, each file whole on one (its module fixtures are built once): most tests
+# wait on subprocesses, servers and heartbeats, so two share this machine's cores well.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts tools
