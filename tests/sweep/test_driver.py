@@ -10,12 +10,13 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from helpers import TINY
 from study.errors import UserError
 from study.sweep.backends import make_storage
 from study.sweep.definition import DEFINITION_ATTR
-from study.sweep.driver import open_study
+from study.sweep.driver import open_parent_run, open_study
 from study.sweep.plan import SweepPlan
 from study.tracking import Store
 
@@ -78,3 +79,16 @@ def test_a_second_store_for_a_study_in_the_experiment_is_refused(
     with pytest.raises(UserError, match=r"kept in sweep.storage='/first.journal', not '/"):
         open_study(make_plan(f"sweep.study_name={name}", *TINY), client)
     assert not (tmp_path / "study.journal").exists()  # not even an empty journal
+
+
+def test_resuming_in_another_tracking_store_is_refused_and_writes_nothing(
+    make_plan: MakePlan, store: Store, client: MlflowClient, tmp_path: Path
+) -> None:
+    plan = make_plan(*NAME, *TINY)
+    study = open_study(plan, client)
+    open_parent_run(study, store, client, plan, OmegaConf.create({"sweep": {"n_trials": 2}}))
+    elsewhere = Store.from_config(f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}")
+    other_client = elsewhere.client()
+    with pytest.raises(UserError, match=r"study 's' is tracked in another MLflow store: its"):
+        open_parent_run(study, elsewhere, other_client, plan, OmegaConf.create())
+    assert [e.name for e in other_client.search_experiments()] == ["Default"]

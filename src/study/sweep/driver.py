@@ -12,6 +12,7 @@ from dataclasses import fields
 
 import optuna
 from mlflow.entities import Param as MlflowParam
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import distribution_to_json
@@ -100,11 +101,19 @@ def open_parent_run(
 
     Hosts starting at once call this under the study's lock, so only the first creates it.
     """
-    experiment_id = store.experiment_id(client, plan.study_name)
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
+        try:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        except MlflowException:
+            raise UserError(
+                f"study {plan.study_name!r} is tracked in another MLflow store: its parent run "
+                f"{run_id} is not in {redact(store.uri)}; resume it with the tracking.uri it "
+                "started with, or start a new study with another sweep.study_name"
+            ) from None
         client.update_run(run_id, status="RUNNING")
         return experiment_id, run_id
+    experiment_id = store.experiment_id(client, plan.study_name)
     tags = {
         "study": plan.study_name,
         "sweep.storage": redact(plan.storage_url),
