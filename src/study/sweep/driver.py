@@ -32,7 +32,7 @@ from study.sweep.plan import SweepPlan
 from study.sweep.pool import Scheduler
 from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.recovery import Recovery
-from study.sweep.report import finish_parent_run
+from study.sweep.report import finish_parent_run, import_plotting_meanwhile
 from study.sweep.spec import WorkerSpec
 from study.tracking import EXPERIMENT_KIND_TAG, Store, runs_url
 
@@ -184,9 +184,11 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
             on_worker_lost=recovery.worker_lost,
             threads=plan.threads,
         )
+        plotting = import_plotting_meanwhile()
         if tally.finished < plan.n_trials:
             scheduler.run()
         progress.close()
+        plotting.join()
         print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
         if str(cfg.tracking.uri or "").startswith(("http://", "https://")):  # a server
             print(f"browse: {runs_url(redact(cfg.tracking.uri), experiment_id)}")

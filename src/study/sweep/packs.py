@@ -44,7 +44,6 @@ class PackedTrial:
     trial: optuna.Trial
     cfg: DictConfig
     output_dir: Path
-    config_files: list[Path]
     run: contextlib.ExitStack  # the MLflow run (tracked_run) and its metrics logger
     run_id: str
     metrics_logger: MetricsLogger
@@ -112,7 +111,7 @@ class PackRunner:
         start = self.runner.start(trial)
         cfg = resolved_config(start.cfg)
         cfg.trainer.engine = PACKED  # how its run reproduces: alone through the packed code
-        config_files = write_config_files(cfg, start.overrides, start.output_dir)
+        write_config_files(cfg, start.overrides, start.output_dir)
         client = self.runner.client
         run = contextlib.ExitStack()
         run_id = run.enter_context(
@@ -133,7 +132,6 @@ class PackRunner:
             trial,
             cfg,
             start.output_dir,
-            config_files,
             run,
             run_id,
             metrics_logger,
@@ -174,7 +172,7 @@ class PackRunner:
                 self.runner.client,
                 RunOutcome(packed.run_id, self.experiment_id, result),
                 packed.metrics_logger,
-                packed.config_files,
+                packed.output_dir,  # its config files and checkpoint, nothing else
                 outcome,
             )
             packed.run.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -52,6 +54,22 @@ def copy_best_config(trial: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path |
     target = sweep_dir / "best_config.yaml"
     shutil.copyfile(source, target)
     return target
+
+
+def import_plotting_meanwhile() -> threading.Thread:
+    """Import what save_plots needs (Optuna's plots and importances, which bring in
+    scikit-learn: ~1 s) in a low-priority thread while the trials run, not at the study's end.
+    Join it before save_plots."""
+
+    def imports() -> None:
+        with contextlib.suppress(OSError):  # Linux: niceness is per thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        import optuna.importance
+        import optuna.visualization.matplotlib  # noqa: F401
+
+    thread = threading.Thread(target=imports, name="import-plotting", daemon=True)
+    thread.start()
+    return thread
 
 
 def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
