@@ -73,7 +73,7 @@ def curves_figure(panel: Panel) -> Figure:
 
 def plot_comparison(panels: Sequence[Panel], path: Path) -> Path:
     """Several runs side by side on shared axes, each titled with its verdict."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(len(panels), 4)
     rows = -(-len(panels) // columns)
     figure, grid = plt.subplots(
@@ -96,7 +96,7 @@ def plot_comparison(panels: Sequence[Panel], path: Path) -> Path:
     return _save(plt, figure, path)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and in worker processes

@@ -132,12 +132,20 @@ class UI:
 
 
 @contextlib.contextmanager
-def ui(store: str, timeout_s: float = 60) -> Iterator[UI]:
+def ui(store: str, *args: str, timeout_s: float = 60) -> Iterator[UI]:
     """scripts/ui.py until it prints its links; stopped with a plain SIGTERM, as `kill` does."""
     port = _free_port()
     began = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "ui.py"), "--tracking-uri", store, "--port", str(port)],
+        [
+            sys.executable,
+            str(SCRIPTS / "ui.py"),
+            "--tracking-uri",
+            store,
+            "--port",
+            str(port),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -188,6 +196,10 @@ def test_every_page_a_click_reaches_stays_in_the_model_training_view(
     shots.mkdir()
     with ui(store) as server, sync_playwright() as playwright:
         assert [name for name, _ in server.links] == newest_first(store), server.output
+        assert "MLflow UI bound to 127.0.0.1 (this machine only; --host to change)\n" in (
+            server.output
+        )
+        assert not [line for line in server.output if line.startswith("warning:")]
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(30_000)
@@ -275,11 +287,16 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     parent, trial = f"study {STUDY}", run_name(0, TRIALS)
     assert set(runs) == {parent, *(run_name(n, TRIALS) for n in range(TRIALS))}
-    with ui(store) as server, sync_playwright() as playwright:
+    # Bound to every interface: still served here, and the user is warned that it is open.
+    with ui(store, "--host", "0.0.0.0") as server, sync_playwright() as playwright:
+        assert (
+            "warning: binding 0.0.0.0: anyone who can reach this machine can read and change "
+            "your runs (the MLflow UI has no login)\n"
+        ) in server.output, server.output
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(30_000)
-        page.goto(dict(server.links)[STUDY])
+        page.goto(dict(server.links)[STUDY].replace("0.0.0.0", "127.0.0.1"))
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
         page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
         assert_training_view(page, "runs-table", shots)

@@ -9,7 +9,14 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from study.sweep.report import finish_parent_run, log_history, optimization_history
+from study.sweep.report import (
+    PLOTS,
+    finish_parent_run,
+    log_history,
+    optimization_history,
+    optuna_figures,
+    save_plots,
+)
 from study.tracking import NOTE_TAG, Store, metric_chart_url
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -104,3 +111,70 @@ def test_the_parent_row_shares_its_best_trials_metrics_verdict_and_links_it(
     assert f"[Optimization history]({chart})" in note
     # A packed trial draws no curves.png; the study's best gets one at the end.
     assert "curves.png" in {a.path for a in mlflow.list_artifacts(best)}
+
+
+def searched_study() -> optuna.Study:
+    """Six trials over two parameters, each with a curve of three epochs; one pruned."""
+    study = optuna.create_study(study_name="plots")
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    batch = optuna.distributions.CategoricalDistribution([16, 32, 64])
+    for number in range(6):
+        value = 1.0 / (number + 1)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=PRUNED if number == 2 else COMPLETE,
+                value=None if number == 2 else value,
+                params={
+                    "optimizer.lr": 10 ** -(1 + number % 3),
+                    "data.batch_size": 16 << number % 3,
+                },
+                distributions={"optimizer.lr": lr, "data.batch_size": batch},
+                intermediate_values={epoch: value * (4 - epoch) for epoch in (1, 2, 3)},
+            )
+        )
+    return study
+
+
+def test_optunas_plots_draw_the_studys_trials() -> None:
+    study = searched_study()
+    figures = dict(optuna_figures(study))
+    assert list(figures) == list(PLOTS)
+    complete = [t for t in study.trials if t.state == COMPLETE]
+
+    [history] = figures["optimization_history"].axes
+    assert history.get_title() == "Optimization History Plot"
+    assert history.get_xlabel() == "Trial" and history.get_ylabel() == "Objective Value"
+    assert len(history.collections[0].get_offsets()) == len(complete)  # a point per trial
+
+    [importances] = figures["param_importances"].axes
+    assert importances.get_title(loc="left") == "Hyperparameter Importances"
+    assert importances.get_xlabel() == "Hyperparameter Importance"
+    assert sorted(t.get_text() for t in importances.get_yticklabels()) == sorted(study.best_params)
+    assert len(importances.patches) == 2  # a bar per parameter
+
+    parallel = figures["parallel_coordinate"].axes[0]
+    assert parallel.get_title() == "Parallel Coordinate Plot"
+    assert len(parallel.collections[0].get_segments()) == len(complete)  # a line per trial
+
+    [curves] = figures["intermediate_values"].axes
+    assert curves.get_title() == "Intermediate Values Plot"
+    assert curves.get_xlabel() == "Step"
+    assert len(curves.get_lines()) == len(study.trials)  # pruned trials' curves too
+    first = curves.get_lines()[0]
+    assert (list(first.get_xdata()), list(first.get_ydata())) == ([1, 2, 3], [3.0, 2.0, 1.0])
+
+
+def test_save_plots_writes_each_figure_and_closes_it(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    paths = save_plots(searched_study(), tmp_path)
+    assert [p.name for p in paths] == [f"{name}.png" for name in PLOTS]
+    assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 10_000 for p in paths)
+    assert plt.get_fignums() == before
+
+
+def test_no_plot_before_a_trial_completes(tmp_path: Path) -> None:
+    study = optuna.create_study()
+    study.tell(study.ask(), state=PRUNED)
+    assert save_plots(study, tmp_path) == []

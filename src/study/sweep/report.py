@@ -8,7 +8,9 @@ import shutil
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from mlflow.entities import Metric, Run
@@ -17,10 +19,13 @@ from mlflow.tracking import MlflowClient
 
 from study.compare import load_run
 from study.errors import UserError
-from study.plots import DPI, plot_curves
+from study.plots import DPI, plot_curves, pyplot
 from study.secrets import redact
 from study.sweep.backends import best_trial
 from study.tracking import NOTE_TAG, clean_number, log_metrics, metric_chart_url
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TRIAL_VALUE, BEST_VALUE = "trial_value", "best_value"  # on the parent, step = trial number
 CURVE_PREFIXES = ("train/", "val/")  # per-epoch curves: a trial's own, not the study's
@@ -72,18 +77,14 @@ def import_plotting_meanwhile() -> threading.Thread:
     return thread
 
 
-def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna's matplotlib plots as PNGs; a plot the study cannot support yet is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Figure]]:
+    """Optuna's matplotlib plots of `study` by name; a plot the study cannot support yet is
+    skipped, and none is drawn before a trial completes. The caller closes each figure."""
+    pyplot()  # the Agg backend, before Optuna's plotting imports pyplot
     from optuna.visualization import matplotlib as optuna_plots
 
-    folder.mkdir(parents=True, exist_ok=True)
-    saved: list[Path] = []
     if best_trial(study) is None:
-        return saved  # every plot needs at least one complete trial
+        return
     for name, function in PLOTS.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,7 +92,15 @@ def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
                 axes = getattr(optuna_plots, function)(study)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # e.g. importances need two complete trials
-        figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        yield name, (axes.flat[0].figure if hasattr(axes, "flat") else axes.figure)
+
+
+def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optuna's plots of `study` as PNGs in `folder`."""
+    plt = pyplot()
+    saved: list[Path] = []
+    for name, figure in optuna_figures(study):
+        folder.mkdir(parents=True, exist_ok=True)
         figure.set_size_inches(*OPTUNA_SIZE)
         path = folder / f"{name}.png"
         figure.savefig(path, dpi=DPI, bbox_inches="tight")
