@@ -157,3 +157,30 @@ def test_recovery_does_not_retry_a_trial_another_host_already_failed(shared: Sha
     recovery.worker_lost(dead.number)  # this host's parent notices its worker died, late
     assert len(shared.study.get_trials()) == before
     assert recovery.retried == 0
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2])
+def test_a_trial_whose_worker_died_is_retried_as_often_as_sweep_retries_allows(
+    tmp_path: Path, mlflow_client: MlflowClient, retries: int
+) -> None:
+    url = str(tmp_path / "study.journal")  # a journal: no heartbeats, the parent notices
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="lost", storage=storage)
+    lock = StudyLock(url, "lost")
+    experiment_id = mlflow_client.create_experiment("lost")
+    parent_run_id = mlflow_client.create_run(experiment_id).info.run_id
+    recovery = Recovery(study, lock, mlflow_client, experiment_id, parent_run_id, retries)
+    lost = claim_trial(study, storage, 10, lock)
+    assert lost is not None
+    lost.suggest_float("x", 0.0, 1.0)
+    for attempt in range(retries + 1):  # the trial, then each retry, dies with its worker
+        recovery.worker_lost(lost.number)
+        lost = claim_trial(study, storage, 10, lock)
+        assert lost is not None
+        lost.suggest_float("x", 0.0, 1.0)  # a retry's value is its original's
+        retried = lost.user_attrs.get("retry_of") == 0
+        assert retried == (attempt < retries), (attempt, lost.user_attrs)
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(failed) == retries + 1
+    assert {t.params["x"] for t in failed} == {failed[0].params["x"]}
+    assert recovery.retried == retries
