@@ -54,6 +54,15 @@ CONFIG_ONLY_INPUTS = [
     ["-m", "sweep", "sweep.devices=[7]"],
     ["-m", "sweep", "search=wide", "optimizer.lr=inf"],
 ]
+NO_STORE = "sqlite:////no/such/mlflow.db"
+OTHER_SCRIPTS_INPUTS = [  # (script, arguments): the other commands' config-only input
+    ("reproduce.py", ["0" * 32, "--tracking-uri", NO_STORE]),
+    ("reproduce.py", ["0" * 32, "--tracking-uri", "ftp://x"]),
+    ("compare.py", ["a", "b", "--output", "x.txt"]),
+    ("compare.py", ["a", "b", "--tracking-uri", NO_STORE]),
+    ("ui.py", ["--port", "70000"]),
+    ("ui.py", ["--tracking-uri", NO_STORE]),
+]
 
 
 def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
@@ -506,20 +515,25 @@ def bench_pg(admin_url: str, rounds: int = 2) -> None:
 
 
 def bench_input() -> None:
-    """Seconds from `python scripts/run.py ...` to its one error line, for config-only input."""
+    """Seconds from each command's start to its one error line, for config-only input."""
     import subprocess
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "run.py"
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    cases = [("run.py", args) for args in CONFIG_ONLY_INPUTS] + OTHER_SCRIPTS_INPUTS
     print("bad input answered before heavy imports (seconds per process, target <= 2):")
     with tempfile.TemporaryDirectory() as folder:
-        for args in CONFIG_ONLY_INPUTS:
+        for script, args in cases:
             start = time.perf_counter()
             result = subprocess.run(
-                [sys.executable, str(script), *args], cwd=folder, capture_output=True, text=True
+                [sys.executable, str(scripts / script), *args],
+                cwd=folder,
+                capture_output=True,
+                text=True,
             )
             seconds = time.perf_counter() - start
             line = result.stderr.strip().splitlines()[-1][:60] if result.stderr.strip() else ""
-            print(f"  {seconds:5.2f} s  exit {result.returncode}  {' '.join(args):<40} {line}")
+            command = " ".join([script, *args])[:52]
+            print(f"  {seconds:5.2f} s  exit {result.returncode}  {command:<52} {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,7 +214,10 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help=f"store holding the run {_DEFAULT_STORE}")
     try:
         args = parser.parse_args(argv)
-        from study.reproduce import reproduce  # torch, Lightning, MLflow: after the arguments
+        from study.tracking import RUN_STORE_HINT, Store
+
+        Store.from_config(args.tracking_uri).must_exist(RUN_STORE_HINT)  # before Lightning
+        from study.reproduce import reproduce
 
         return reproduce(args.run_id, args.tracking_uri)
     except Exception as error:
@@ -278,10 +281,9 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         check_figure_path(args.output)
-        store = Store.from_config(args.tracking_uri)
-        database = Path(store.uri.removeprefix("sqlite:///"))
-        if store.uri.startswith("sqlite:///") and not database.is_file():
-            raise UserError(f"no MLflow store at {database}: pass --tracking-uri")
+        store = Store.from_config(args.tracking_uri).must_exist(
+            "pass --tracking-uri for the store that holds the runs"
+        )
         runs = compare_runs(store.client(), args.run_ids, args.output, store.uri)
     except Exception as error:
         return report(error)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import check_stored_config, validate
 from study.errors import UserError
 from study.run import CONFIG_ARTIFACT, run_one
-from study.tracking import Store, find_run
+from study.tracking import RUN_STORE_HINT, Store, find_run
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
 CURVES = ("train/loss", "val/loss")  # compared epoch by epoch, not only at the end
@@ -77,14 +77,7 @@ def compare(client: MlflowClient, original_id: str, reproduced_id: str) -> tuple
 
 
 def reproduce(run_id: str, tracking_uri: str | None = None, output_dir: Path | None = None) -> int:
-    store = Store.from_config(tracking_uri)
-    if (
-        store.artifact_root is not None
-        and not Path(store.uri.removeprefix("sqlite:///")).is_file()
-    ):
-        raise UserError(
-            f"no MLflow store at {store.uri}: pass --tracking-uri for the store that holds the run"
-        )
+    store = Store.from_config(tracking_uri).must_exist(RUN_STORE_HINT)
     client = store.client()
     cfg, name = fetch_config(client, run_id, store)
     cfg.tracking.uri = tracking_uri

@@ -90,6 +90,8 @@ _HIDDEN_PARAM_KEYS = ("_target_", "_partial_")
 # Float32 losses carry 7 significant digits; more shows noise (0.925 as 0.92500001).
 SIGNIFICANT_DIGITS = 7
 
+RUN_STORE_HINT = "pass --tracking-uri for the store that holds the run"
+
 
 @dataclass(frozen=True)
 class Store:
@@ -107,6 +109,15 @@ class Store:
             return cls(choice.uri, db.parent)
         check_tracking_uri(choice.uri, choice.source)
         return cls(database_url(choice.uri), None)
+
+    def must_exist(self, hint: str) -> Store:
+        """This store, refused when it is a sqlite file that is not there: for commands that
+        read runs, a missing file is a typo, not a wish for an empty store."""
+        if self.artifact_root is not None:
+            path = Path(self.uri.removeprefix("sqlite:///"))
+            if not path.is_file():
+                raise UserError(f"no MLflow store at {path}: {hint}")
+        return self
 
     def client(self) -> MlflowClient:
         if self.artifact_root is not None:

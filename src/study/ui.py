@@ -26,7 +26,6 @@ import uuid
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from study.errors import UserError
@@ -211,17 +210,6 @@ def link_lines(links: list[Link], url: str) -> list[str]:
 # --- serving --------------------------------------------------------------------------------
 
 
-def check_store_exists(store: Store) -> None:
-    """A sqlite store that is not there is a typo, not a wish for an empty store."""
-    if store.uri.startswith("sqlite:///"):
-        path = Path(store.uri.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise UserError(
-                f"no MLflow store at {path}: run `python scripts/run.py` (or a sweep) first, "
-                "or pass --tracking-uri sqlite:///path/to/mlflow.db"
-            )
-
-
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything slow starts: a busy port fails at once."""
     try:
@@ -320,7 +308,10 @@ def serve_ui(
     artifacts: str | None = None,
 ) -> int:
     """Run the UI until stopped; print the links to the runs tables once it answers."""
-    check_store_exists(store)
+    store.must_exist(
+        "run `python scripts/run.py` (or a sweep) first, or pass --tracking-uri "
+        "sqlite:///path/to/mlflow.db"
+    )
     sock = bind(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     lines = link_lines(experiment_links(store.client(), url, experiment), url)

@@ -253,6 +253,12 @@ CASES = [
         ["root:***@127.0.0.1", "cannot be reached"],
     ),
     script("reproduce-no-id", "reproduce", [], ["run_id", "usage: reproduce.py"]),
+    script(
+        "compare-no-store",
+        "compare",
+        [NO_RUN, NO_RUN + "0", "--tracking-uri", "sqlite:///{csv}/absent/mlflow.db"],
+        ["no MLflow store", "absent/mlflow.db", "holds the runs"],
+    ),
     script("compare-one-id", "compare", [NO_RUN], ["at least two different runs, got 1"]),
     script("compare-ftp-store", "compare", ["a", "b", "--tracking-uri", "ftp://x"], ["ftp://x"]),
     script("compare-output-folder", "compare", ["a", "b", "--output", "{csv}"], ["is a folder"]),
