@@ -1,8 +1,7 @@
 """Rerun an MLflow run from what it logged: python scripts/reproduce.py RUN_ID"""
 
-import sys
-
 from study.cli import reproduce_main
+from study.shutdown import exit_now
 
 if __name__ == "__main__":
-    sys.exit(reproduce_main())
+    exit_now(reproduce_main())

@@ -1,8 +1,7 @@
 """Train one model, or run a study: python scripts/run.py [-m] [CONFIG] [key=value ...]"""
 
-import sys
-
 from study.cli import run_main
+from study.shutdown import exit_now
 
 if __name__ == "__main__":
-    sys.exit(run_main())
+    exit_now(run_main())

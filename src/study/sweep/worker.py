@@ -18,6 +18,7 @@ import optuna
 import torch
 
 from study.errors import report
+from study.shutdown import exit_now
 from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage
 from study.sweep.claims import claim_trial
 from study.sweep.packs import PackRunner
@@ -91,8 +92,9 @@ def die_with_parent() -> None:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as error:  # UserError: one line; anything else: a traceback, masked
         sys.exit(report(error))
+    exit_now(code)  # the parent waits for this exit before it sums up the study
