@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from study.errors import UserError
-from study.sweep.spec import Event, Exhausted, Finished, Lost, Ready, Started, decode_event
+from study.sweep.spec import (
+    WORKER_MODULE,
+    Event,
+    Exhausted,
+    Finished,
+    Lost,
+    Ready,
+    Started,
+    decode_event,
+)
 
 MAX_REPLACEMENTS_PER_SLOT = 3
 
@@ -116,7 +125,7 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
             [
                 sys.executable,
                 "-m",
-                "study.sweep.worker",
+                WORKER_MODULE,
                 str(spec_path),
                 str(slot.index),
                 str(write_fd),

@@ -6,12 +6,14 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
 
 from study.sweep.backends import StudyLock
 from study.sweep.claims import HOST
+from study.sweep.spec import WORKER_MODULE
 
 RUNNING = optuna.trial.TrialState.RUNNING
 
@@ -28,7 +30,12 @@ def retries_of(study: optuna.Study, number: int) -> int:
 
 
 def owner_is_gone(trial: optuna.trial.FrozenTrial) -> bool:
-    """A RUNNING trial whose worker process on this host no longer exists."""
+    """A RUNNING trial whose sweep worker on this host no longer exists.
+
+    A killed worker whose parent died too may linger as a zombie until something reaps it
+    (forever in a container whose first process does not): that is gone. So is a process that
+    took over its pid and is no sweep worker.
+    """
     if trial.user_attrs.get("host") != HOST:
         return False
     pid = trial.user_attrs.get("pid")
@@ -40,7 +47,21 @@ def owner_is_gone(trial: optuna.trial.FrozenTrial) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return not is_sweep_worker(pid)
+
+
+def is_sweep_worker(pid: int) -> bool:
+    """Whether `pid` runs a sweep worker, as far as /proc tells (Linux); elsewhere, any live
+    process counts as one."""
+    if not Path("/proc/self").is_dir():
+        return True
+    proc = Path("/proc") / str(pid)
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False  # gone meanwhile
+    return state != "Z" and WORKER_MODULE.encode() in command
 
 
 def close_trial_runs(

@@ -14,6 +14,8 @@ from optuna.distributions import distribution_to_json, json_to_distribution
 
 from study.sweep.space import Param
 
+WORKER_MODULE = "study.sweep.worker"  # python -m WORKER_MODULE SPEC INDEX EVENTS_FD
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
