@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from study.data import CLASSIFICATION, REGRESSION, LectureData, SklearnData, Splits
-from study.packed import Member, train_alone, train_pack
+from study.packed import Member, PackHooks, train_alone, train_pack
 from study.packed_nets import Arch, StackedMLP
 from study.tasks import Classifier
 
@@ -118,9 +118,8 @@ def test_a_member_that_blows_up_stops_as_diverged_and_leaves_its_mates_untouched
 def test_freed_slots_take_the_next_members_until_the_source_runs_out(lecture: Splits) -> None:
     members = [Member(seed=20 + i, lr=3e-3, batch_size=32, max_epochs=2 + i) for i in range(6)]
     done: list[int] = []
-    finished = train_pack(
-        iter(members), lecture, ARCH, ADAM, slots=3, on_member_done=lambda m: done.append(m.seed)
-    )
+    hooks = PackHooks(on_member_done=lambda member: done.append(member.seed))
+    finished = train_pack(iter(members), lecture, ARCH, ADAM, slots=3, hooks=hooks)
     assert sorted(done) == [m.seed for m in members] == sorted(m.seed for m in finished)
     for member in members:
         assert [row["epoch"] for row in member.history] == list(range(1, member.max_epochs + 1))
@@ -154,7 +153,7 @@ def test_the_epoch_hook_can_prune_a_member_and_a_failing_hook_fails_only_it(
 
     keys = ["prune", "boom", "keep"]
     members = [Member(seed=i, lr=1e-3, max_epochs=4, key=key) for i, key in enumerate(keys)]
-    train_pack(members, lecture, ARCH, ADAM, slots=3, on_epoch_end=hook)
+    train_pack(members, lecture, ARCH, ADAM, slots=3, hooks=PackHooks(on_epoch_end=hook))
     pruned, failed, kept = members
     assert (pruned.stop_reason, len(pruned.history)) == ("pruned", 2)
     assert (failed.stop_reason, len(failed.history)) == ("failed", 1)

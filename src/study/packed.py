@@ -18,6 +18,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -40,6 +41,16 @@ EpochHook = Callable[[Member, dict[str, float]], "str | None"]  # returns a stop
 DoneHook = Callable[[Member], None]
 
 
+@dataclass(frozen=True)
+class PackHooks:
+    """What a pack's driver hears and decides: each member's epochs (a stop reason or None),
+    each member's end, and the loss (x the baseline's) above which a member has diverged."""
+
+    on_epoch_end: EpochHook | None = None
+    on_member_done: DoneHook | None = None
+    diverge_level: float = 3.0
+
+
 class PackedTask(pl.LightningModule):
     """Trains members from `source` in `slots` slots until the source is exhausted."""
 
@@ -53,9 +64,7 @@ class PackedTask(pl.LightningModule):
         source: MemberSource,
         slots: int,
         pad_rows: int | None = None,
-        on_epoch_end: EpochHook | None = None,
-        on_member_done: DoneHook | None = None,
-        diverge_level: float = 3.0,
+        hooks: PackHooks = PackHooks(),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -64,9 +73,8 @@ class PackedTask(pl.LightningModule):
         self.optimizer_recipe = optimizer
         self.source = source
         self.pad_rows = pad_rows
-        self.on_epoch_end_hook = on_epoch_end
-        self.on_member_done_hook = on_member_done
-        self.divergence_limit = diverge_level * splits.baseline_loss()
+        self.hooks = hooks
+        self.divergence_limit = hooks.diverge_level * splits.baseline_loss()
         self.active: dict[int, Slot] = {}
         self.done: list[Member] = []
 
@@ -183,9 +191,9 @@ class PackedTask(pl.LightningModule):
             return "diverged"
         if math.isfinite(self.divergence_limit) and train_loss > self.divergence_limit:
             return "diverged"
-        if self.on_epoch_end_hook is not None:
+        if self.hooks.on_epoch_end is not None:
             try:
-                reason = self.on_epoch_end_hook(member, row)
+                reason = self.hooks.on_epoch_end(member, row)
             except Exception as error:  # the member fails; its pack mates go on
                 member.error = error
                 return "failed"
@@ -203,8 +211,8 @@ class PackedTask(pl.LightningModule):
         member.test_metrics = self.evaluate([weights], self.splits.test, "test")[0]
         del self.active[slot.index]
         self.done.append(member)
-        if self.on_member_done_hook is not None:
-            self.on_member_done_hook(member)
+        if self.hooks.on_member_done is not None:
+            self.hooks.on_member_done(member)
 
     def _refill(self) -> None:
         """Free slots take the source's next members; a source with none now (None) is asked
@@ -315,17 +323,12 @@ def train_pack(
     optimizer: OptimizerRecipe,
     slots: int,
     pad_rows: int | None = None,
-    on_epoch_end: EpochHook | None = None,
-    on_member_done: DoneHook | None = None,
-    diverge_level: float = 3.0,
+    hooks: PackHooks = PackHooks(),
 ) -> list[Member]:
     """Train `members` (an iterable, or a callable returning the next or None) `slots` at a
     time on `splits`; the members in the order they finished."""
     source = members if callable(members) else _next_of(iter(members))
-    task = TASKS[splits.task](
-        arch, splits, optimizer, source, slots, pad_rows, on_epoch_end, on_member_done,
-        diverge_level,
-    )  # fmt: skip
+    task = TASKS[splits.task](arch, splits, optimizer, source, slots, pad_rows, hooks)
     device = splits.train.x.device
     trainer = pl.Trainer(
         accelerator="cuda" if device.type == "cuda" else "cpu",
@@ -342,10 +345,12 @@ def train_pack(
     return task.done
 
 
-def train_alone(member: Member, splits: Splits, arch: Arch, optimizer: OptimizerRecipe,
-                pad_rows: int | None = None, **hooks: Any) -> Member:  # fmt: skip
+def train_alone(
+    member: Member, splits: Splits, arch: Arch, optimizer: OptimizerRecipe,
+    pad_rows: int | None = None, hooks: PackHooks = PackHooks(),
+) -> Member:  # fmt: skip
     """One member through the packed code path: how a packed trial is reproduced."""
-    return train_pack([member], splits, arch, optimizer, 1, pad_rows, **hooks)[0]
+    return train_pack([member], splits, arch, optimizer, 1, pad_rows, hooks)[0]
 
 
 def _next_of(members: Any) -> MemberSource:

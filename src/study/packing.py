@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from study.diagnosis import Thresholds, diagnose_history
-from study.packed import Member, train_alone
+from study.packed import Member, PackHooks, train_alone
 from study.packed_nets import Arch, StackedMLP
 from study.train import FitResult, PreparedData, device_name
 
@@ -90,6 +90,6 @@ def fit_packed(cfg: DictConfig, output_dir: Path, prepared: PreparedData) -> Fit
         arch_of(cfg, splits.n_features, splits.n_outputs),
         instantiate(cfg.optimizer),
         pad_rows=cfg.trainer.get("pad_rows"),
-        diverge_level=diverge_level(cfg),
+        hooks=PackHooks(diverge_level=diverge_level(cfg)),
     )
     return packed_result(cfg, member, prepared, output_dir, time.perf_counter() - started)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from study.callbacks import MetricsLogger, trial_outcome
 from study.config import resolved_config
-from study.packed import Member, train_pack
+from study.packed import Member, PackHooks, train_pack
 from study.packing import PACKED, arch_of, diverge_level, member_of, packed_result
 from study.run import RunOutcome, judge, record_result, run_tags, write_config_files
 from study.sweep.claims import TrialHeartbeat
@@ -87,9 +87,7 @@ class PackRunner:
                 arch_of(self.base, splits.n_features, splits.n_outputs),
                 instantiate(self.base.optimizer),
                 slots=self.spec.pack,
-                on_epoch_end=self.on_epoch_end,
-                on_member_done=self.on_member_done,
-                diverge_level=diverge_level(self.base),
+                hooks=PackHooks(self.on_epoch_end, self.on_member_done, diverge_level(self.base)),
             )
         except BaseException:  # Ctrl-C, SIGTERM, a crash: every open run closes, not RUNNING
             for packed in self.running.values():
