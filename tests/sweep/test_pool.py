@@ -1,13 +1,16 @@
-"""study.workers: device slots for the sweep's workers, and torch threads per worker."""
+"""study.sweep.pool: device slots for the sweep's workers, torch threads per worker, and workers
+started early that the study turns out not to need."""
 
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
 from study.errors import UserError
-from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
+from study.sweep.pool import EarlyWorkers, Slot, device_slots, threads_per_worker, visible_gpus
 
 CORES = os.cpu_count() or 1
 
@@ -105,3 +108,30 @@ def test_workers_share_the_cores_without_oversubscribing() -> None:
 
 def test_more_workers_than_cores_get_one_thread_each() -> None:
     assert threads_per_worker(CORES * 4) == 1
+
+
+SLOTS = [Slot(0, None), Slot(1, None)]
+
+
+def test_early_workers_not_taken_are_stopped_leaving_no_trace(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    with EarlyWorkers(SLOTS, sweep_dir, threads=1) as early:
+        processes = [worker.process for worker in early.waiting.values()]
+        assert all(process.poll() is None for process in processes)
+        assert sorted(p.name for p in sweep_dir.iterdir()) == ["worker_0.log", "worker_1.log"]
+    assert all(process.poll() is not None for process in processes)
+    assert not sweep_dir.exists()  # made for them, and nothing else went in
+
+
+def test_early_workers_leave_what_was_there_and_stop_after_reading_no_spec(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "worker_0.log").write_text("")  # an earlier session's (quiet) worker
+    with EarlyWorkers(SLOTS, sweep_dir, threads=1) as early:
+        taken = early.take(SLOTS[1])
+        assert taken is not None and early.take(SLOTS[1]) is None
+        time.sleep(6)  # imported by now: waiting for "start", which never comes
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["worker_0.log", "worker_1.log"]
+    taken.process.stdin.close()  # type: ignore[union-attr]
+    assert taken.process.wait(timeout=60) == 0  # no "start": it exits without a spec
+    assert taken.events.read() == ""  # and said nothing

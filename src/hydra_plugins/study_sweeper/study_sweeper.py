@@ -41,7 +41,11 @@ class StudySweeper(Sweeper):
             Path(hydra_cfg.sweep.dir),
             choices,
         )
-        from study.sweep.driver import run_sweep  # MLflow (~3 s): after the plan is checked
+        from study.sweep.pool import EarlyWorkers
 
-        run_sweep(self.config, plan)
+        # The workers import (~4 s) while the parent imports MLflow and opens the study.
+        with EarlyWorkers(plan.slots, plan.sweep_dir, plan.threads) as early:
+            from study.sweep.driver import run_sweep  # MLflow: after the plan is checked
+
+            run_sweep(self.config, plan, early)
         return []

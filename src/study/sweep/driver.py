@@ -29,7 +29,7 @@ from study.sweep.backends import (
 )
 from study.sweep.definition import DEFINITION_ATTR, check_same_study, encode
 from study.sweep.plan import SweepPlan
-from study.sweep.pool import Scheduler
+from study.sweep.pool import SPEC_FILE, EarlyWorkers, Scheduler
 from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.recovery import Recovery
 from study.sweep.report import finish_parent_run, import_plotting_meanwhile
@@ -145,8 +145,9 @@ def worker_spec(
     )
 
 
-def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
-    """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end."""
+def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
+    """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
+    `early` workers started for its slots where there are any."""
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)
@@ -176,13 +177,14 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan) -> Tally:
         scheduler = Scheduler(
             plan.slots,
             worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
-                plan.sweep_dir / ".worker_spec.json"
+                plan.sweep_dir / SPEC_FILE
             ),
             plan.sweep_dir,
             plan.max_failures,
             on_event=progress.on_event,
             on_worker_lost=recovery.worker_lost,
             threads=plan.threads,
+            early=early,
         )
         plotting = import_plotting_meanwhile()
         if tally.finished < plan.n_trials:

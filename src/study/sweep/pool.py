@@ -107,7 +107,13 @@ class Worker:
             pass  # it died; the supervisor notices through its exit code
 
 
+def worker_log(log_dir: Path, slot: Slot) -> Path:
+    return log_dir / f"worker_{slot.index}.log"
+
+
 def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
+    """A worker process for `slot`. It imports what it needs (~4 s), then waits for "start"
+    before it reads `spec_path`: it may be started before the spec is written."""
     read_fd, write_fd = os.pipe()
     env = {
         **os.environ,
@@ -119,7 +125,7 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
     if slot.device is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot.device
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"worker_{slot.index}.log"
+    log_path = worker_log(log_dir, slot)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [
@@ -139,6 +145,56 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
         )
     os.close(write_fd)
     return Worker(slot, process, os.fdopen(read_fd, "r", buffering=1), log_path)
+
+
+SPEC_FILE = ".worker_spec.json"  # in the sweep folder; holds the real URLs, owner-only
+
+
+class EarlyWorkers:
+    """Workers started as soon as the plan is checked, so that their imports (~4 s) overlap
+    the parent's (MLflow) and its opening of the study and the parent run (~1.5 s here).
+
+    The Scheduler adopts them slot by slot; whatever it does not take is stopped on leaving
+    the `with` block, before reading the spec: the empty logs (and the sweep folder) they made
+    are removed.
+    """
+
+    def __init__(self, slots: Sequence[Slot], sweep_dir: Path, threads: int) -> None:
+        self.new_folder = None if sweep_dir.exists() else sweep_dir
+        self.new_logs = {
+            worker_log(sweep_dir, s) for s in slots if not worker_log(sweep_dir, s).exists()
+        }
+        spec_path = sweep_dir / SPEC_FILE
+        self.waiting = {slot: start_worker(slot, spec_path, sweep_dir, threads) for slot in slots}
+
+    def __enter__(self) -> EarlyWorkers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_the_rest()
+
+    def take(self, slot: Slot) -> Worker | None:
+        return self.waiting.pop(slot, None)
+
+    def stop_the_rest(self) -> None:
+        for worker in self.waiting.values():
+            worker.process.terminate()  # still importing, or waiting for "start": it just ends
+        for worker in self.waiting.values():
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+            worker.events.close()
+            if worker.process.stdin is not None:
+                worker.process.stdin.close()
+            with contextlib.suppress(OSError):
+                if worker.log_path in self.new_logs and worker.log_path.stat().st_size == 0:
+                    worker.log_path.unlink()
+        self.waiting.clear()
+        if self.new_folder is not None:
+            with contextlib.suppress(OSError):  # not empty: the study ran in it
+                self.new_folder.rmdir()
 
 
 @dataclass
@@ -163,12 +219,16 @@ class Scheduler:
     replaced: int = 0
     stop_reason: str | None = None
 
+    early: EarlyWorkers | None = None  # workers started while the parent opened the study
+
     def __post_init__(self) -> None:
         self.threads = self.threads or threads_per_worker(len(self.slots))
 
     def _start(self, slot: Slot) -> None:
         assert self.threads is not None
-        worker = start_worker(slot, self.spec_path, self.log_dir, self.threads)
+        worker = self.early.take(slot) if self.early else None
+        worker = worker or start_worker(slot, self.spec_path, self.log_dir, self.threads)
+        worker.send("start")  # the spec is written
         self.workers.append(worker)
         self.selector.register(worker.events, selectors.EVENT_READ, worker)
 
@@ -201,6 +261,8 @@ class Scheduler:
         try:
             for slot in self.slots:
                 self._start(slot)
+            if self.early:
+                self.early.stop_the_rest()  # more than the trials left need
             while any(not worker.done for worker in self.workers):
                 for key, _ in self.selector.select(timeout=1.0):
                     worker = key.data

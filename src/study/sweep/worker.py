@@ -1,6 +1,7 @@
 """A sweep worker process: `python -m study.sweep.worker SPEC INDEX EVENTS_FD`.
 
-Loads the study once, then claims one trial per "trial" line on stdin until "stop" or EOF,
+Imports, waits for "start" on stdin (it may be started before its spec is written), loads the
+study once, then claims one trial per "trial" line on stdin until "stop" or EOF,
 reporting each trial to the parent as events (study.sweep.spec) on EVENTS_FD. It runs its trials
 one at a time, or `sweep.pack` at a time in one packed model (study.sweep.packs). Imports
 (torch, Lightning, MLflow: ~5 s) are paid once per worker, not once per trial.
@@ -29,6 +30,8 @@ from study.sweep.trials import TrialRunner
 
 def main(argv: list[str]) -> int:
     spec_path, index, events_fd = Path(argv[0]), int(argv[1]), int(argv[2])
+    if sys.stdin.readline().strip() != "start":  # started early, then not needed
+        return 0
     spec = WorkerSpec.read(spec_path)
     torch.set_num_threads(int(os.environ.get("STUDY_WORKER_THREADS", "1")))
     # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
