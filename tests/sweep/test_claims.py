@@ -3,6 +3,8 @@ real MLflow store: what a host sees of a trial whose host died."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from study.sweep.backends import StudyLock, make_storage
 from study.sweep.claims import claim_trial
 from study.sweep.recovery import Recovery, StaleTrialCallback
+from study.sweep.spec import WORKER_MODULE
 
 GRACE_S = 3  # 3 x heartbeat_s=1
 
@@ -184,3 +187,40 @@ def test_a_trial_whose_worker_died_is_retried_as_often_as_sweep_retries_allows(
     assert len(failed) == retries + 1
     assert {t.params["x"] for t in failed} == {failed[0].params["x"]}
     assert recovery.retried == retries
+
+
+def test_a_trial_whose_claimer_died_before_naming_itself_is_failed_by_the_next_claim(
+    shared: Shared,
+) -> None:
+    orphan = shared.study.ask()  # created, then the claimer died: no heartbeat, no host, no pid
+    # Not failed, it would count as running forever: every claim would wait on it, or give up.
+    trial = claim_trial(shared.study, shared.storage, 1, shared.lock, wait=False)
+    assert trial is not None and trial.number == orphan.number + 1
+    states = [t.state for t in shared.study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING]
+    assert not shared.study.get_trials(states=(optuna.trial.TrialState.WAITING,))  # no retry
+
+
+def test_a_rerun_fails_a_trial_whose_claimer_died_before_naming_itself(
+    tmp_path: Path, mlflow_client: MlflowClient
+) -> None:
+    url = str(tmp_path / "study.journal")  # a journal: no heartbeats
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="dead", storage=storage)
+    lock = StudyLock(url, "dead")
+    experiment_id = mlflow_client.create_experiment("dead")
+    parent_run_id = mlflow_client.create_run(experiment_id).info.run_id
+    live = claim_trial(study, storage, 3, lock)
+    assert live is not None
+    study.ask()  # a claim cut short: RUNNING, nameless
+    recovery = Recovery(study, lock, mlflow_client, experiment_id, parent_run_id, retries=1)
+    with subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", WORKER_MODULE]
+    ) as worker:
+        try:
+            live.set_user_attr("pid", worker.pid)  # another worker's trial, alive
+            assert recovery.fail_orphans() == 1
+        finally:
+            worker.kill()
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]

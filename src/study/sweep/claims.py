@@ -16,12 +16,14 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 
 import optuna
 
 from study.sweep.backends import FINISHED, StudyLock
 
-COUNTED = (*FINISHED, optuna.trial.TrialState.RUNNING)
+RUNNING = optuna.trial.TrialState.RUNNING
+COUNTED = (*FINISHED, RUNNING)
 HOST = socket.gethostname()
 
 
@@ -62,6 +64,8 @@ def claim_trial(
             if heartbeat:
                 optuna.storages.fail_stale_trials(study)
             counted = study.get_trials(deepcopy=False, states=COUNTED)
+            if fail_unclaimed(study, counted):
+                counted = study.get_trials(deepcopy=False, states=COUNTED)
             if len(counted) < n_trials:
                 trial = study.ask()
                 if heartbeat:  # stale-able from now on, even if we die before the first beat
@@ -72,6 +76,18 @@ def claim_trial(
             if not heartbeat or not wait or sum(t.state in FINISHED for t in counted) >= n_trials:
                 return None
         time.sleep(heartbeat)
+
+
+def fail_unclaimed(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Fail the RUNNING `trials` whose claimer died between creating them and naming itself
+    (host, pid), and say how many. Call it holding the study's lock: no claim is under way
+    then, and nothing else would ever tell such a trial from a live one (it may have died
+    before its first heartbeat, and it has no pid). It never trained: no run, no retry."""
+    unclaimed = [t for t in trials if t.state == RUNNING and "pid" not in t.user_attrs]
+    for trial in unclaimed:
+        with contextlib.suppress(ValueError, RuntimeError):  # another host got there first
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(unclaimed)
 
 
 class TrialHeartbeat:

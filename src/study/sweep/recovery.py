@@ -12,7 +12,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from study.sweep.backends import StudyLock
-from study.sweep.claims import HOST
+from study.sweep.claims import HOST, fail_unclaimed
 from study.sweep.spec import WORKER_MODULE
 
 RUNNING = optuna.trial.TrialState.RUNNING
@@ -113,13 +113,15 @@ class Recovery:
         self.fail(number, "its worker process died (killed or crashed)")
 
     def fail_orphans(self) -> int:
-        """Fail RUNNING trials whose worker on this host is gone (a dead sweep, or ours)."""
-        orphans = [
-            t for t in self.study.get_trials(deepcopy=False, states=(RUNNING,)) if owner_is_gone(t)
-        ]
+        """Fail RUNNING trials whose worker on this host is gone (a dead sweep, or ours), and
+        those whose claimer died before it could name itself."""
+        with self.lock.held():
+            running = self.study.get_trials(deepcopy=False, states=(RUNNING,))
+            unclaimed = fail_unclaimed(self.study, running)
+        orphans = [t for t in running if "pid" in t.user_attrs and owner_is_gone(t)]
         for trial in orphans:
             self.fail(trial.number, "left RUNNING by a sweep that died")
-        return len(orphans)
+        return len(orphans) + unclaimed
 
 
 class StaleTrialCallback:
