@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from study.errors import UserError
-from study.sweep.pool import EarlyWorkers, Slot, device_slots, threads_per_worker, visible_gpus
+from study.sweep.pool import (
+    EarlyWorkers,
+    EventPipe,
+    Slot,
+    device_slots,
+    threads_per_worker,
+    visible_gpus,
+)
 
 CORES = os.cpu_count() or 1
 
@@ -134,4 +141,17 @@ def test_early_workers_leave_what_was_there_and_stop_after_reading_no_spec(tmp_p
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["worker_0.log", "worker_1.log"]
     taken.process.stdin.close()  # type: ignore[union-attr]
     assert taken.process.wait(timeout=60) == 0  # no "start": it exits without a spec
-    assert taken.events.read() == ""  # and said nothing
+    assert taken.events.rest() == []  # and said nothing
+
+
+def test_events_that_arrive_together_are_all_read_at_once() -> None:
+    read_fd, write_fd = os.pipe()
+    events = EventPipe(read_fd)
+    os.write(write_fd, b'{"a": 1}\n{"b": 2}\n{"c"')  # two events and the start of a third
+    assert events.read_lines() == ['{"a": 1}', '{"b": 2}']  # none left behind a buffer
+    os.write(write_fd, b": 3}\n")
+    os.close(write_fd)
+    assert events.rest() == ['{"c": 3}']
+    assert events.read_lines() is None
+    events.close()
+    events.close()  # once is enough

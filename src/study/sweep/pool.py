@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from study.errors import UserError
 from study.sweep.spec import (
@@ -87,11 +87,50 @@ def threads_per_worker(n_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // n_workers)
 
 
+class EventPipe:
+    """The parent's end of a worker's events pipe, read in whole lines with none left behind.
+
+    A buffered reader would read ahead: two events that arrive together (a pack's trial ends,
+    the next one starts) become one readable signal from select() and one line read, and the
+    other waits in the reader's buffer, where select() never reports it. The worker then waits
+    for the go-ahead that answers it, and the study hangs.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.partial = b""
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_lines(self) -> list[str] | None:
+        """The whole lines that have arrived (one read: call it when select() says readable);
+        None once the worker closed its end."""
+        data = os.read(self.fd, 1 << 16)
+        if not data:
+            return None
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode() for line in lines if line]
+
+    def rest(self) -> list[str]:
+        """Every line not read yet, up to the end: for a worker that has exited."""
+        lines: list[str] = []
+        while (more := self.read_lines()) is not None:
+            lines += more
+        return lines
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
 @dataclass
 class Worker:
     slot: Slot
     process: subprocess.Popen[bytes]
-    events: IO[str]
+    events: EventPipe
     log_path: Path
     trials: set[int] = field(default_factory=set)  # the trials it runs, as it said
     ready: bool = False  # it finished starting up (imports, study loaded)
@@ -144,7 +183,7 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
             start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
         )
     os.close(write_fd)
-    return Worker(slot, process, os.fdopen(read_fd, "r", buffering=1), log_path)
+    return Worker(slot, process, EventPipe(read_fd), log_path)
 
 
 SPEC_FILE = ".worker_spec.json"  # in the sweep folder; holds the real URLs, owner-only
@@ -266,11 +305,11 @@ class Scheduler:
             while any(not worker.done for worker in self.workers):
                 for key, _ in self.selector.select(timeout=1.0):
                     worker = key.data
-                    line = worker.events.readline()
-                    if line:
-                        self._handle(worker, decode_event(line))
-                    else:  # the worker closed its end: it exited
+                    lines = worker.events.read_lines()
+                    if lines is None:  # the worker closed its end: it exited
                         self._retire(worker)
+                    for line in lines or []:
+                        self._handle(worker, decode_event(line))
                 for worker in list(self.workers):
                     if not worker.done and worker.process.poll() is not None:
                         self._retire(worker)
@@ -284,7 +323,7 @@ class Scheduler:
         self.selector.unregister(worker.events)
         code = worker.process.wait()
         # What it said before it exited may still sit in the pipe: its last trials' ends.
-        for line in worker.events:
+        for line in worker.events.rest():
             self._handle(worker, decode_event(line))
         worker.events.close()
         if code == 0 and not worker.trials:
