@@ -173,6 +173,23 @@ def ui(store: str, *args: str, timeout_s: float = 60) -> Iterator[UI]:
             reader.join(timeout=10)
 
 
+def click_through(page, target, fragment: str, tries: int = 3) -> None:  # type: ignore[no-untyped-def]
+    """Click `target` until the page's address holds `fragment`: on a loaded machine a click
+    can land while the app is still rendering the page, and do nothing."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(tries):
+        target.click()
+        try:
+            page.wait_for_function(
+                "fragment => location.href.includes(fragment)", arg=fragment, timeout=10_000
+            )
+            return
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+
+
 def assert_training_view(page, what: str, shots: Path) -> None:  # type: ignore[no-untyped-def]
     """The sidebar follows the view: its Docs link points at the ML docs, never the GenAI ones,
     and none of the GenAI view's pages (judges, sessions, prompts) is offered."""
@@ -222,12 +239,10 @@ def test_every_page_a_click_reaches_stays_in_the_model_training_view(
             run_links.nth(trial).locator("xpath=ancestor::*[@role='row']").locator(
                 "input.ag-checkbox-input"
             ).check(force=True)
-        page.get_by_role("button", name="Compare").click()
-        page.wait_for_url("**/compare-runs?**")
+        click_through(page, page.get_by_role("button", name="Compare"), "/compare-runs?")
         assert_training_view(page, "compare", shots)
 
-        page.locator("a[href*='metric=%22val%2Floss%22']").first.click()
-        page.wait_for_url("**/metric?**")
+        click_through(page, page.locator("a[href*='metric=%22val%2Floss%22']").first, "/metric?")
         assert_training_view(page, "metric", shots)
 
         page.locator("aside a[href='#/experiments']").first.click()
