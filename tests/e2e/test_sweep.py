@@ -410,6 +410,22 @@ def test_the_printed_rerun_command_trains_the_best_config_as_one_run(
     assert run.data.params["trainer.max_epochs"] == "4"
 
 
+def test_each_packed_trials_run_holds_its_config_overrides_and_checkpoint(
+    study_sweep: ResumedStudy,
+) -> None:
+    sweep = study_sweep.sweep
+    client = sweep.client()
+    children = sweep.children()
+    for trial in sweep.trials():
+        if trial.state.name != "COMPLETE":
+            continue
+        run_id = children[trial.number].info.run_id
+        top = {artifact.path for artifact in client.list_artifacts(run_id)}
+        assert {"config.yaml", "overrides.yaml", "checkpoints"} <= top, (trial.number, top)
+        saved = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+        assert saved == ["checkpoints/best.ckpt"], saved
+
+
 def test_a_trial_reproduces_from_its_mlflow_run_id(
     study_sweep: ResumedStudy, tmp_path: Path
 ) -> None:

@@ -200,9 +200,7 @@ class EarlyWorkers:
 
     def __init__(self, slots: Sequence[Slot], sweep_dir: Path, threads: int) -> None:
         self.new_folder = None if sweep_dir.exists() else sweep_dir
-        self.new_logs = {
-            worker_log(sweep_dir, s) for s in slots if not worker_log(sweep_dir, s).exists()
-        }
+        self.new_logs = {log for s in slots if not (log := worker_log(sweep_dir, s)).exists()}
         spec_path = sweep_dir / SPEC_FILE
         self.waiting = {slot: start_worker(slot, spec_path, sweep_dir, threads) for slot in slots}
 

@@ -12,10 +12,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from study.sweep.backends import StudyLock
-from study.sweep.claims import HOST, fail_unclaimed
+from study.sweep.claims import HOST, RUNNING, fail_unclaimed
 from study.sweep.spec import WORKER_MODULE
-
-RUNNING = optuna.trial.TrialState.RUNNING
 
 
 def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, lock: StudyLock) -> None:
