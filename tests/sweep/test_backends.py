@@ -60,6 +60,33 @@ def test_make_pruner_builds_each_named_pruner(name: str, kind: type) -> None:
     assert isinstance(make_pruner(name, 20), kind)
 
 
+@pytest.mark.parametrize("in_flight", [1, 8, 16])
+def test_the_median_pruner_waits_for_as_many_finished_trials_as_train_at_once(
+    in_flight: int,
+) -> None:
+    """The first trials to finish among many in flight are the fast learners: their median
+    alone would prune the rest. A hopeless trial is pruned once max(5, in_flight) finished."""
+    study = optuna.create_study(pruner=make_pruner("median", 20, in_flight))
+
+    def hopeless_is_pruned() -> bool:
+        trial = study.ask()
+        trial.report(0.9, step=5)
+        pruned = trial.should_prune()
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return pruned
+
+    waits_for = max(5, in_flight)
+    for _ in range(waits_for - 1):
+        trial = study.ask()
+        trial.report(0.1, step=5)
+        study.tell(trial, 0.1)
+    assert not hopeless_is_pruned()
+    trial = study.ask()
+    trial.report(0.1, step=5)
+    study.tell(trial, 0.1)
+    assert hopeless_is_pruned()
+
+
 def test_an_unknown_pruner_is_a_user_error_listing_the_choices() -> None:
     with pytest.raises(UserError, match=r"sweep.pruner='asha' is unknown: .*median, hyperband"):
         make_pruner("asha", 20)

@@ -37,6 +37,7 @@ def _spec() -> WorkerSpec:
         retries=1,
         heartbeat_s=10,
         pack=8,
+        in_flight=16,
         base_config={"optimizer": {"lr": 0.001}, "model": {"hidden_sizes": [32, 32]}},
         overrides=["data=wine"],
         config_name="sweep",

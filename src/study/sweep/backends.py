@@ -41,10 +41,15 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise UserError(f"sweep.sampler={name!r} is unknown: use one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, max_epochs: int, in_flight: int = 1) -> optuna.pruners.BasePruner:
+    """`in_flight`: trials that train at once (workers x pack). The median pruner compares a
+    trial with finished trials only; while the first trials run side by side, the first to
+    finish are the fast learners (with low early losses), and their median pruned most of a
+    packed study's later trials (the best value of 5 packed studies: 0.111 vs 0.102 one at a
+    time; waiting for as many finished trials as run at once: 0.105). So it waits for them."""
     if name == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=max(1, max_epochs // 40)
+            n_startup_trials=max(5, in_flight), n_warmup_steps=max(1, max_epochs // 40)
         )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)

@@ -33,6 +33,7 @@ class WorkerSpec:
     retries: int
     heartbeat_s: int
     pack: int  # trials a worker trains at once (1: one at a time)
+    in_flight: int  # trials that train at once on this host: workers x pack
     base_config: dict[str, Any]  # a trial's run config before its sampled values are set
     overrides: list[str]  # the command line's overrides: composed again when a group is sampled
     config_name: str

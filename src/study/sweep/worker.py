@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
             study_name=spec.study_name,
             storage=storage,
             sampler=make_sampler(spec.sampler, spec.seed + index),
-            pruner=make_pruner(spec.pruner, spec.max_epochs),
+            pruner=make_pruner(spec.pruner, spec.max_epochs, spec.in_flight),
         )
         lock = StudyLock(spec.storage, spec.study_name)
 
