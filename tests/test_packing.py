@@ -12,7 +12,8 @@ from omegaconf import DictConfig
 from helpers import tiny
 from study.packed import train_pack
 from study.packing import PACKED, arch_of, fit_packed, is_packed, member_of
-from study.train import build_model, prepare_data
+from study.prepare import prepare_data
+from study.train import build_model
 
 MakeCfg = Callable[..., DictConfig]
 

@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from helpers import all_runs, tiny
 from study.diagnosis import PRUNED
 from study.errors import UserError
+from study.prepare import prepare_data
 from study.run import RunOutcome, judge, run_one
 from study.tracking import metric_chart_url
-from study.train import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stops early on both tasks, so the best epoch is not simply the last one.

@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 
 from helpers import tiny
 from study.config import validate
+from study.fit_result import FitResult
 from study.paths import CONF_DIR
-from study.train import FitResult, build_model, fit, prepare_data
+from study.prepare import prepare_data
+from study.train import build_model, fit
 
 # A learning rate high enough that val/loss turns up within a few dozen epochs.
 STOPS_EARLY = tiny(

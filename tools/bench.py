@@ -33,10 +33,11 @@ from study.config import resolved_config, validate
 from study.data import Batches
 from study.nets import mlp
 from study.paths import CONF_DIR, SCRIPTS_DIR, database_url
+from study.prepare import PreparedData, prepare_data
 from study.run import run_one
 from study.sweep.backends import make_storage
 from study.tracking import Store
-from study.train import PreparedData, fit, prepare_data, seed_everything
+from study.train import fit, seed_everything
 
 SECTIONS = ["startup", "input", "core", "sweep", "pg", "packed", "steps", "peer"]
 # Bad input that needs no torch, Lightning or MLflow: each must be answered in seconds.

@@ -34,7 +34,8 @@ from omegaconf import DictConfig
 from study.data import Splits
 from study.packed import train_pack
 from study.packing import arch_of, member_of
-from study.train import fit, prepare_data
+from study.prepare import prepare_data
+from study.train import fit
 
 TOOLS = Path(__file__).resolve().parent
 PACK_SIZES = (1, 8, 32, 128)

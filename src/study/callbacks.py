@@ -1,107 +1,38 @@
-"""Lightning callbacks of a run: metrics to MLflow in batches, the best weights kept, a
-trial's reports to its Optuna pruner, and progress counted in epochs.
+"""Lightning callbacks of a run: metrics to MLflow in batches (study.run_log), the best weights
+kept, a trial's reports to its Optuna pruner, and progress counted in epochs.
 
-Kept apart from study.tracking so that commands which only talk to MLflow (a sweep's parent,
-reproduce, compare) do not import Lightning.
+Kept apart from study.tracking and study.run_log so that commands which only talk to MLflow (a
+sweep's parent, reproduce, compare) and packed workers do not import Lightning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Self, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import pytorch_lightning as pl
 import torch
-from mlflow.entities import Metric, RunTag
-from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
+from study.run_log import RunLog, trial_outcome
 from study.tasks import epoch_history
-from study.tracking import clean_number, final_metrics, redacted_tags
 
 if TYPE_CHECKING:
     import optuna
 
-_MAX_BATCH = 1000  # metrics and tags together in one MLflow log_batch
 
-
-class MetricsLogger(pl.Callback):
-    """Sends each epoch's metrics (step = epoch) to MLflow in batches.
-
-    One `log_batch` per `flush_every_s` seconds instead of one write per metric per epoch:
-    a synchronous sqlite write costs ~10 ms, far more than an epoch of a small MLP. What is
-    still buffered when training ends goes out with the run's final metrics and tags in one
-    write (`finish`), or, if the run fails first, when the logger's `with` block ends.
-    """
-
-    def __init__(self, client: MlflowClient, run_id: str, flush_every_s: float = 5.0) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.flush_every_s = flush_every_s
-        self._pending: list[Metric] = []
-        self._sent_epochs = 0
-        self._last_flush = time.monotonic()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if kind is None:
-            self.flush()
-            return
-        with contextlib.suppress(Exception):  # never hide the error that stopped the run
-            self.flush()
+class MetricsLogger(RunLog, pl.Callback):
+    """RunLog as a Lightning callback: each epoch's row buffered as the epoch ends."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.buffer(getattr(pl_module, "history", []))
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
-
-    def buffer(self, history: Sequence[Mapping[str, float]]) -> None:
-        """Queue the epochs of `history` not queued yet (step = epoch)."""
-        now_ms = int(time.time() * 1000)
-        for row in history[self._sent_epochs :]:
-            epoch = int(row["epoch"])
-            self._pending += [
-                Metric(name, clean_number(value), now_ms, epoch)
-                for name, value in row.items()
-                if name != "epoch"
-            ]
-        self._sent_epochs = max(self._sent_epochs, len(history))
-
-    def finish(
-        self,
-        values: Mapping[str, float],
-        tags: Mapping[str, str],
-        history: Sequence[Mapping[str, float]] = (),
-    ) -> None:
-        """The curve's epochs not sent yet, the run's final metrics (step 0) and its tags: one
-        write."""
-        self.buffer(history)
-        self._pending += final_metrics(values)
-        self.flush(redacted_tags(tags))
-
-    def flush(self, tags: list[RunTag] | None = None) -> None:
-        metrics, self._pending = self._pending, []
-        tags = tags or []  # a handful: MLflow takes up to 100 per batch
-        head = _MAX_BATCH - len(tags)
-        if metrics or tags:
-            self.client.log_batch(self.run_id, metrics=metrics[:head], tags=tags)
-        for start in range(head, len(metrics), _MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH])
-        self._last_flush = time.monotonic()
 
 
 class KeepBestWeights(pl.Callback):
@@ -175,15 +106,6 @@ class TrialReporter(pl.Callback):
     def outcome_tags(self) -> dict[str, str]:
         """How the trial ended, for its run's final write."""
         return trial_outcome(self.stop_reason, self.best, self.metric)
-
-
-def trial_outcome(stop_reason: str | None, best: float | None, metric: str) -> dict[str, str]:
-    """A trial's state and why, from why it stopped early (pruned, diverged) and its best value."""
-    if stop_reason is not None:
-        return {"trial_state": "PRUNED", "reason": stop_reason}
-    if best is None:
-        return {"trial_state": "FAIL", "reason": f"metric {metric!r} was never logged"}
-    return {"trial_state": "COMPLETE"}
 
 
 class EpochProgress(pl.Callback):

@@ -1,11 +1,11 @@
 """Packed trials: K members (trials of one architecture and optimizer type) trained at once.
 
-`PackedTask` is one Lightning module over a `StackedMLP`; one Lightning "batch" is one epoch of
-every active member (as in `study.tasks`). Each member has its own parameter group (lr, weight
-decay), dropout rate, batch size, initialization, batch order and dropout masks, drawn from its
-own seed only, so its numbers do not depend on which members share its pack: `train_alone`
-reproduces a packed member exactly on CPU. After each epoch a member may stop (diverged, a hook
-such as a pruner, early stopping, max_epochs); its slot takes the next member of the source.
+`PackedTask` trains a `StackedMLP`, an epoch of every active member at a time. Each member has
+its own parameter group (lr, weight decay), dropout rate, batch size, initialization, batch
+order and dropout masks, drawn from its own seed only, so its numbers do not depend on which
+members share its pack: `train_alone` reproduces a packed member exactly on CPU. After each
+epoch a member may stop (diverged, a hook such as a pruner, early stopping, max_epochs); its
+slot takes the next member of the source.
 
 Rows: each member's mini-batches are `pad_rows` rows, its own batch size padded with masked-out
 rows, or (`pad_rows=None`) exactly its batch size, with one stacked pass per batch size a step.
@@ -14,14 +14,11 @@ rows, or (`pad_rows=None`) exactly its batch size, with one stacked pass per bat
 from __future__ import annotations
 
 import inspect
-import logging
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
@@ -31,11 +28,6 @@ from study.packed_schedule import EpochPlan, Group, Member, Slot
 
 OptimizerRecipe = Callable[..., torch.optim.Optimizer]  # a functools.partial of a torch optimizer
 MemberSource = Callable[[], "Member | None"]
-
-# Lightning's banners and its advice about data loaders do not apply to a pack's epoch loader.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-
 
 EpochHook = Callable[[Member, dict[str, float]], "str | None"]  # returns a stop reason or None
 DoneHook = Callable[[Member], None]
@@ -51,8 +43,13 @@ class PackHooks:
     diverge_level: float = 3.0
 
 
-class PackedTask(pl.LightningModule):
-    """Trains members from `source` in `slots` slots until the source is exhausted."""
+class PackedTask:
+    """Trains members from `source` in `slots` slots until the source is exhausted.
+
+    A plain loop, not a Lightning module: Lightning's Trainer would only run this loop (each
+    member's optimization, stopping and checkpoint are its own), and importing Lightning cost
+    each packed worker ~5 s of its start here, as much as importing torch and MLflow together.
+    """
 
     task: ClassVar[str]
 
@@ -66,15 +63,15 @@ class PackedTask(pl.LightningModule):
         pad_rows: int | None = None,
         hooks: PackHooks = PackHooks(),
     ) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.net = StackedMLP(arch, slots)
+        self.device = splits.train.x.device
+        self.net = StackedMLP(arch, slots).to(self.device)
         self.splits = splits
-        self.optimizer_recipe = optimizer
         self.source = source
         self.pad_rows = pad_rows
         self.hooks = hooks
         self.divergence_limit = hooks.diverge_level * splits.baseline_loss()
+        groups = [{"params": [p], "lr": 0.0, "weight_decay": 0.0} for p in self.net.slots]
+        self.optimizer = optimizer(groups, **_fused_if_offered(optimizer))
         self.active: dict[int, Slot] = {}
         self.done: list[Member] = []
 
@@ -87,32 +84,24 @@ class PackedTask(pl.LightningModule):
         """[K, n, out] outputs of a whole split, [n] targets -> name: [K], `loss` first."""
         raise NotImplementedError
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        groups = [{"params": [p], "lr": 0.0, "weight_decay": 0.0} for p in self.net.slots]
-        return self.optimizer_recipe(groups, **_fused_if_offered(self.optimizer_recipe))
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, index: int) -> Any:
-        return batch  # the splits already live on the device
-
-    def on_train_start(self) -> None:
+    def train(self) -> list[Member]:
+        """Every member of the source trained; the members in the order they finished."""
         self._refill()
+        while self.active:
+            self.epoch()
+        return self.done
 
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self.optimizers().optimizer  # type: ignore[union-attr]
-
-    def training_step(self, splits: Splits, batch_idx: int) -> None:
-        if self.active:
-            train_losses = self._train_epoch(splits.train)
-            slots = list(self.active.values())
-            flats = [self.net.slots[slot.index] for slot in slots]
-            rows = self.evaluate(flats, splits.val, "val")
-            for slot, row in zip(slots, rows, strict=True):
-                row["train/loss"] = train_losses[slot.index]
-                self._end_member_epoch(slot, row)
-            self._refill()
-        if not self.active:
-            self.trainer.should_stop = True
+    def epoch(self) -> None:
+        """One epoch of every active member, then each one's validation and stopping checks;
+        free slots take the source's next members."""
+        train_losses = self._train_epoch(self.splits.train)
+        slots = list(self.active.values())
+        flats = [self.net.slots[slot.index] for slot in slots]
+        rows = self.evaluate(flats, self.splits.val, "val")
+        for slot, row in zip(slots, rows, strict=True):
+            row["train/loss"] = train_losses[slot.index]
+            self._end_member_epoch(slot, row)
+        self._refill()
 
     def _train_epoch(self, train: Split) -> dict[int, float]:
         """One epoch of every active member; the mean training loss of each (by slot)."""
@@ -303,19 +292,6 @@ TASKS: dict[str, type[PackedTask]] = {
 }
 
 
-class _Epochs:
-    """What Lightning iterates: one item per epoch, the splits."""
-
-    def __init__(self, splits: Splits) -> None:
-        self.splits = splits
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Any:
-        yield self.splits
-
-
 def train_pack(
     members: Iterable[Member] | MemberSource,
     splits: Splits,
@@ -328,21 +304,7 @@ def train_pack(
     """Train `members` (an iterable, or a callable returning the next or None) `slots` at a
     time on `splits`; the members in the order they finished."""
     source = members if callable(members) else _next_of(iter(members))
-    task = TASKS[splits.task](arch, splits, optimizer, source, slots, pad_rows, hooks)
-    device = splits.train.x.device
-    trainer = pl.Trainer(
-        accelerator="cuda" if device.type == "cuda" else "cpu",
-        devices=1,
-        max_epochs=-1,  # the pack ends when its source does
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(task, _Epochs(splits))
-    return task.done
+    return TASKS[splits.task](arch, splits, optimizer, source, slots, pad_rows, hooks).train()
 
 
 def train_alone(

@@ -16,9 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from study.diagnosis import Thresholds, diagnose_history
+from study.fit_result import FitResult
 from study.packed import Member, PackHooks, train_alone
 from study.packed_nets import Arch, StackedMLP
-from study.train import FitResult, PreparedData, device_name
+from study.prepare import PreparedData, device_name
 
 PACKED = "packed"
 

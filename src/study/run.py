@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback
 
-from study.callbacks import MetricsLogger
 from study.config import resolved_config
 from study.diagnosis import CURVES, PRUNED, pruned
+from study.fit_result import FitResult
 from study.packing import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
+from study.prepare import PreparedData, prepare_data
+from study.run_log import RunLog
 from study.secrets import redact
 from study.tracking import (
     CONFIG_ARTIFACT,
@@ -29,7 +32,9 @@ from study.tracking import (
     run_params,
     tracked_run,
 )
-from study.train import FitResult, fit, prepare_data
+
+if TYPE_CHECKING:
+    from pytorch_lightning.callbacks import Callback
 
 OVERRIDES_ARTIFACT = "overrides.yaml"
 
@@ -47,17 +52,12 @@ def environment_tags() -> dict[str, str]:
     import hydra
     import mlflow
     import optuna
-    import pytorch_lightning
 
-    # Module versions, not distribution metadata: mlflow may come as mlflow-skinny.
-    modules = {
-        "torch": torch,
-        "pytorch-lightning": pytorch_lightning,
-        "optuna": optuna,
-        "mlflow": mlflow,
-        "hydra-core": hydra,
-    }
+    # Module versions, not distribution metadata: mlflow may come as mlflow-skinny. Lightning's
+    # from its metadata: importing it takes seconds, and a packed run never does.
+    modules = {"torch": torch, "optuna": optuna, "mlflow": mlflow, "hydra-core": hydra}
     tags = {f"version.{name}": str(module.__version__) for name, module in modules.items()}
+    tags["version.pytorch-lightning"] = importlib.metadata.version("pytorch-lightning")
     try:
         commit = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
@@ -118,12 +118,9 @@ def run_one(
         tracked_run(
             client, experiment_id, run_name, run_tags(cfg, tags), run_params(cfg), parent_run_id
         ) as run_id,
-        MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s)) as metrics_logger,
+        run_log(cfg, client, run_id) as metrics_logger,
     ):
-        if is_packed(cfg):
-            result = fit_packed(cfg, output_dir, prepared)
-        else:
-            result = fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
+        result = train(cfg, output_dir, metrics_logger, callbacks, prepared)
         outcome = outcome_tags() if outcome_tags else {}
         judge(result, outcome)
         record_result(
@@ -134,6 +131,35 @@ def run_one(
             outcome,
         )
     return RunOutcome(run_id, experiment_id, result)
+
+
+# Lightning takes seconds to import: only a run that trains with it (not a packed one) does.
+def run_log(cfg: DictConfig, client: MlflowClient, run_id: str) -> RunLog:
+    """The run's metrics log: a Lightning callback that sends each epoch as it ends, or, for
+    a packed run, a log that gets the whole curve when training ends."""
+    flush_every_s = float(cfg.tracking.flush_every_s)
+    if is_packed(cfg):
+        return RunLog(client, run_id, flush_every_s)
+    from study.callbacks import MetricsLogger
+
+    return MetricsLogger(client, run_id, flush_every_s)
+
+
+def train(
+    cfg: DictConfig,
+    output_dir: Path,
+    metrics_logger: RunLog,
+    callbacks: Sequence[Callback],
+    prepared: PreparedData,
+) -> FitResult:
+    """`cfg` trained by its engine: Lightning's fit, or a pack of one (`trainer.engine`)."""
+    if is_packed(cfg):
+        return fit_packed(cfg, output_dir, prepared)
+    from study.callbacks import MetricsLogger
+    from study.train import fit
+
+    assert isinstance(metrics_logger, MetricsLogger)  # made by run_log for this engine
+    return fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
 
 
 def run_tags(cfg: DictConfig, tags: Mapping[str, str] | None) -> dict[str, str]:
@@ -181,7 +207,7 @@ def run_note(run: RunOutcome) -> str:
 def record_result(
     client: MlflowClient,
     run: RunOutcome,
-    metrics_logger: MetricsLogger,
+    metrics_logger: RunLog,
     artifacts: Sequence[Path] | Path,
     outcome_tags: Mapping[str, str],
 ) -> None:

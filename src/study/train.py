@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping
 
 from study.callbacks import EpochProgress, KeepBestWeights
-from study.data import REGRESSION, Splits, TabularData
-from study.diagnosis import Diagnosis, Thresholds, best_row, diagnose_history
-from study.errors import UserError
+from study.data import REGRESSION, Splits
+from study.diagnosis import Thresholds, diagnose_history
+from study.fit_result import FitResult
+from study.prepare import PreparedData, device_name, prepare_data
 from study.tasks import EpochLoader, MLPTask
 
 # Lightning's advice about worker processes and small batch counts does not apply to batches
@@ -33,82 +31,10 @@ warnings.filterwarnings("ignore", message=r".*is an invalid type.*")
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13
 
 
-@dataclass
-class FitResult:
-    """What one training run produced: the curves, the early-stopping point, the test score."""
-
-    history: list[dict[str, float]]
-    test_metrics: dict[str, float]
-    checkpoint: Path | None
-    device: str
-    data_fingerprint: str
-    stopped_early: bool
-    baseline_loss: float  # training loss of the best constant predictor
-    diagnosis: Diagnosis  # underfit / good / overfit / diverged, from the curves
-    fit_seconds: float = 0.0  # wall time inside Lightning's fit (the training steps)
-
-    @property
-    def best(self) -> dict[str, float]:
-        """The epoch of minimum validation loss: where early stopping should stop."""
-        return best_row(self.history)
-
-    @property
-    def best_epoch(self) -> int:
-        return int(self.best.get("epoch", 0))
-
-    @property
-    def best_val_loss(self) -> float:
-        return self.best.get("val/loss", math.nan)
-
-    @property
-    def stopped_epoch(self) -> int:
-        return int(self.history[-1]["epoch"]) if self.history else 0
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "best_epoch": self.best_epoch,
-            "best_val_loss": self.best_val_loss,
-            "stopped_epoch": self.stopped_epoch,
-            **self.test_metrics,
-            "baseline_loss": self.baseline_loss,
-            **self.diagnosis.metrics(),
-        }
-
-
 def seed_everything(seed: int) -> None:
     pl.seed_everything(seed, workers=False, verbose=False)
     # Bitwise-identical reruns on CPU: pick deterministic kernels wherever torch has them.
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-@dataclass
-class PreparedData:
-    data: TabularData
-    splits: Splits
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
-            "use trainer.accelerator=auto or cpu"
-        )
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", 0)
-    return torch.device("cpu")
-
-
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    """Load, split and standardize the data on the training device; UserError if unusable."""
-    try:
-        data: TabularData = instantiate(cfg.data)
-    except InstantiationException as error:  # Hydra wraps what the constructor raised
-        if isinstance(error.__cause__, UserError):
-            raise error.__cause__ from None
-        raise
-    model_class: type[MLPTask] = get_class(cfg.model._target_)
-    task = model_class.task
-    return PreparedData(data, data.prepare(task, resolve_device(cfg.trainer.accelerator)))
 
 
 def fit(
@@ -190,10 +116,3 @@ def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
         optimizer=instantiate(cfg.optimizer),
         **extra,
     )
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        index = device.index or 0
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return str(device)

@@ -15,9 +15,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import all_runs
+from study.fit_result import FitResult
 from study.paths import CONF_DIR
+from study.prepare import prepare_data
 from study.run import run_one
-from study.train import FitResult, fit, prepare_data
+from study.train import fit
 
 SMALL = ["data.n_samples=120", "trainer.progress_bar=false"]
 # Wide, unregularized, never stopped early, on 72 noisy training students.

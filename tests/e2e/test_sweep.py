@@ -31,12 +31,14 @@ from omegaconf import OmegaConf
 
 from helpers import all_runs, cli, one_error_line
 from study.sweep.backends import FINISHED, make_storage
+from study.sweep.spec import WORKER_MODULE
 from study.tracking import Store
 from study.ui import server_command, server_env, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "scripts" / "run.py"
 REPRODUCE = ROOT / "scripts" / "reproduce.py"
+PROBES = ROOT / "tests" / "probes"  # sitecustomize: what each process imported
 TINY = ["data.n_samples=120", "model.hidden_sizes=[8]", "trainer.max_epochs=4"]
 SEARCHED = ("optimizer.lr", "data.batch_size", "model.dropout")
 PARENT_TAG = "mlflow.parentRunId"
@@ -146,7 +148,9 @@ class ResumedStudy:
 
 @pytest.fixture(scope="module")
 def study_sweep(tmp_path_factory: pytest.TempPathFactory) -> ResumedStudy:
-    sweep = Sweep(tmp_path_factory.mktemp("study"), name="tiny")
+    work = tmp_path_factory.mktemp("study")
+    (work / "imports").mkdir()
+    sweep = Sweep(work, name="tiny", env=import_probe(work / "imports"))
     # Two packs of two trials: every guarantee below holds for trials trained side by side.
     command = ["sweep.study_name=tiny", "sweep.workers=2", "sweep.pack=2", *TINY]
     sweep.run(*command, "sweep.n_trials=5")
@@ -155,6 +159,26 @@ def study_sweep(tmp_path_factory: pytest.TempPathFactory) -> ResumedStudy:
     )
     sweep.run(*command, "sweep.n_trials=7")
     return first
+
+
+def import_probe(folder: Path) -> dict[str, str]:
+    """Environment under which each process records what it imported (tests/probes)."""
+    paths = [str(PROBES), os.environ.get("PYTHONPATH", "")]
+    return {
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "STUDY_IMPORT_PROBE": str(folder),
+    }
+
+
+def test_packed_workers_train_and_track_trials_without_importing_lightning(
+    study_sweep: ResumedStudy,
+) -> None:
+    """Lightning (with torchmetrics, scipy.signal and matplotlib) cost each worker ~5 s of its
+    start: a packed worker trains and tracks its trials with none of it."""
+    records = [json.loads(p.read_text()) for p in (study_sweep.sweep.work / "imports").iterdir()]
+    workers = [r for r in records if WORKER_MODULE in r["argv"]]
+    assert len(workers) >= 4  # two workers in each of the two sessions
+    assert all(r["imported"] == [] for r in workers), workers
 
 
 def test_parallel_workers_finish_exactly_n_trials(study_sweep: ResumedStudy) -> None:

@@ -20,15 +20,15 @@ import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from study.callbacks import MetricsLogger, trial_outcome
 from study.config import resolved_config
 from study.packed import Member, PackHooks, train_pack
 from study.packing import PACKED, arch_of, diverge_level, member_of, packed_result
+from study.prepare import PreparedData, prepare_data
 from study.run import RunOutcome, judge, record_result, run_tags, write_config_files
+from study.run_log import RunLog, trial_outcome
 from study.sweep.claims import TrialHeartbeat
 from study.sweep.trials import TrialRunner, note_failure, note_run, run_name
 from study.tracking import run_params, tracked_run
-from study.train import PreparedData, prepare_data
 
 COMPLETE, PRUNED, FAIL = (
     optuna.trial.TrialState.COMPLETE,
@@ -46,7 +46,7 @@ class PackedTrial:
     output_dir: Path
     run: contextlib.ExitStack  # the MLflow run (tracked_run) and its metrics logger
     run_id: str
-    metrics_logger: MetricsLogger
+    metrics_logger: RunLog
     heartbeat: TrialHeartbeat
     started: float
     best: float | None = None
@@ -123,7 +123,7 @@ class PackRunner:
             )
         )
         metrics_logger = run.enter_context(
-            MetricsLogger(client, run_id, float(cfg.tracking.flush_every_s))
+            RunLog(client, run_id, float(cfg.tracking.flush_every_s))
         )
         heartbeat = TrialHeartbeat(self.storage, self.study, trial)
         self.running[trial.number] = PackedTrial(

@@ -12,15 +12,14 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from study.callbacks import TrialReporter
 from study.config import compose_config
+from study.fit_result import FitResult
 from study.run import run_one
 from study.secrets import redact
 from study.sweep.claims import TrialHeartbeat
 from study.sweep.space import Param, set_values, trial_base_config
 from study.sweep.spec import Event, Finished, Started, WorkerSpec, encode_event
 from study.tracking import Store
-from study.train import FitResult
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,8 @@ class TrialRunner:
         return TrialStart(self.trial_config(values), overrides, output_dir, tags)
 
     def objective(self, trial: optuna.Trial) -> float:
+        from study.callbacks import TrialReporter  # Lightning: packed workers never import it
+
         start = self.start(trial)
         cfg, overrides, output_dir, tags = start.cfg, start.overrides, start.output_dir, start.tags
         reporter = TrialReporter(
