@@ -118,7 +118,7 @@ def run_one(
         tracked_run(
             client, experiment_id, run_name, run_tags(cfg, tags), run_params(cfg), parent_run_id
         ) as run_id,
-        run_log(cfg, client, run_id) as metrics_logger,
+        metrics_log_for(cfg, client, run_id) as metrics_logger,
     ):
         result = train(cfg, output_dir, metrics_logger, callbacks, prepared)
         outcome = outcome_tags() if outcome_tags else {}
@@ -134,7 +134,7 @@ def run_one(
 
 
 # Lightning takes seconds to import: only a run that trains with it (not a packed one) does.
-def run_log(cfg: DictConfig, client: MlflowClient, run_id: str) -> RunLog:
+def metrics_log_for(cfg: DictConfig, client: MlflowClient, run_id: str) -> RunLog:
     """The run's metrics log: a Lightning callback that sends each epoch as it ends, or, for
     a packed run, a log that gets the whole curve when training ends."""
     flush_every_s = float(cfg.tracking.flush_every_s)
@@ -158,7 +158,7 @@ def train(
     from study.callbacks import MetricsLogger
     from study.train import fit
 
-    assert isinstance(metrics_logger, MetricsLogger)  # made by run_log for this engine
+    assert isinstance(metrics_logger, MetricsLogger)  # made by metrics_log_for for this engine
     return fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
 
 
