@@ -202,9 +202,9 @@ def _cfg(hidden_sizes: list[int] | None = None) -> DictConfig:
     return OmegaConf.create({"model": {"hidden_sizes": hidden_sizes or [32, 32]}})
 
 
-def test_auto_packs_a_quarter_of_the_study_spread_over_the_workers() -> None:
-    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 64, CPU2) == 8
-    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 20, CPU2) == 3
+def test_auto_packs_an_eighth_of_the_study_spread_over_the_workers() -> None:
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 64, CPU2) == 4
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 20, CPU2) == 2
     assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 4, CPU2) == 1
 
 
