@@ -1,6 +1,7 @@
 """A run's data, loaded, split and standardized on its training device.
 
-Free of Lightning, like the packed engine: a packed worker never imports it (~2-5 s a process).
+Free of Lightning, like the packed engine, so that a packed worker never imports Lightning
+(~5 s a process here).
 """
 
 from __future__ import annotations

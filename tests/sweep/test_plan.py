@@ -113,6 +113,15 @@ def test_a_resumed_plan_runs_no_more_workers_than_trials_left(make_plan: MakePla
     assert resumed.workers_note == " (sweep.workers capped: 1 trials left)"
 
 
+@pytest.mark.usefixtures("no_gpus")
+def test_trials_in_flight_are_the_workers_packs_and_follow_a_capped_plan(
+    make_plan: MakePlan,
+) -> None:
+    plan = make_plan("sweep.workers=2", "sweep.pack=3", "sweep.n_trials=10")
+    assert plan.in_flight == 6  # what the median pruner waits for (study.sweep.backends)
+    assert plan.capped_to(1).in_flight == 3
+
+
 def test_a_folder_as_storage_is_refused(make_plan: MakePlan, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"sweep.storage=.* is a folder"):
         make_plan(f"sweep.storage={tmp_path}")

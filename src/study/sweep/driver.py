@@ -52,7 +52,7 @@ def open_study(plan: SweepPlan, client: MlflowClient) -> optuna.Study:
         direction=plan.direction,  # type: ignore[arg-type]  # checked in plan_sweep
         load_if_exists=True,
         sampler=make_sampler(plan.sampler, plan.seed),
-        pruner=make_pruner(plan.pruner, plan.max_epochs, len(plan.slots) * plan.pack),
+        pruner=make_pruner(plan.pruner, plan.max_epochs, plan.in_flight),
     )
     if study.direction.name.lower() != plan.direction:
         raise UserError(
@@ -142,7 +142,7 @@ def worker_spec(
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         tracking_uri=tracking_uri,
-        in_flight=len(plan.slots) * plan.pack,
+        in_flight=plan.in_flight,
     )
 
 

@@ -59,6 +59,11 @@ class SweepPlan:
     max_epochs: int
     definition: dict[str, Any]  # what the study means (study.sweep.definition)
 
+    @property
+    def in_flight(self) -> int:
+        """Trials that train at once on this host: its workers' packs."""
+        return len(self.slots) * self.pack
+
     def capped_to(self, trials_left: int) -> SweepPlan:
         """This plan with no more workers than trials left to run."""
         if len(self.slots) <= trials_left or trials_left < 1:
