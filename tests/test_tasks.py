@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from study.data import CLASSIFICATION, REGRESSION
+from study.prepare import MODEL_TASKS
 from study.tasks import Classifier, Regressor
 
 
@@ -120,3 +121,10 @@ def test_a_sweep_accepts_exactly_the_metrics_each_model_logs_every_epoch(
     split = Split(torch.zeros(4, 2), torch.tensor(target))
     logged = {*model.evaluate(split, "val"), "train/loss"}  # as in MLPTask.training_step
     assert set(EPOCH_METRICS[f"study.tasks.{module.__name__}"]) == logged
+
+
+def test_the_tasks_known_without_importing_our_models_are_theirs() -> None:
+    """study.prepare names our models' tasks so that a packed worker need not import them."""
+    assert MODEL_TASKS == {
+        f"{cls.__module__}.{cls.__qualname__}": cls.task for cls in (Classifier, Regressor)
+    }
