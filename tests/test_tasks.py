@@ -125,6 +125,6 @@ def test_a_sweep_accepts_exactly_the_metrics_each_model_logs_every_epoch(
 
 def test_the_tasks_known_without_importing_our_models_are_theirs() -> None:
     """study.prepare names our models' tasks so that a packed worker need not import them."""
-    assert MODEL_TASKS == {
+    assert {
         f"{cls.__module__}.{cls.__qualname__}": cls.task for cls in (Classifier, Regressor)
-    }
+    } == MODEL_TASKS
