@@ -25,6 +25,7 @@ from sqlalchemy import event
 
 from study.config import check_tracking_uri
 from study.errors import UserError
+from study.locks import schema_lock
 from study.paths import choose_tracking_uri, database_url
 from study.secrets import mask_log_records, redact
 
@@ -90,6 +91,10 @@ _HIDDEN_PARAM_KEYS = ("_target_", "_partial_")
 # Float32 losses carry 7 significant digits; more shows noise (0.925 as 0.92500001).
 SIGNIFICANT_DIGITS = 7
 
+# Database stores whose tables this process has created or found current: MLflow keeps one
+# store object per URI, and checks its schema only when it makes it.
+_OPENED_STORES: set[str] = set()
+
 RUN_STORE_HINT = "pass --tracking-uri for the store that holds the run"
 
 
@@ -129,6 +134,7 @@ class Store:
                 ) from error
         if self.artifact_root is not None or _DATABASE.match(self.uri):
             self._connect_once()
+            self._open_schema()
             return MlflowClient(tracking_uri=self.uri)
         client = MlflowClient(tracking_uri=self.uri)
         try:  # a server: ask it once, before anything is written elsewhere (a sweep's study)
@@ -155,6 +161,16 @@ class Store:
                 f"tracking.uri={redact(self.uri)!r} cannot be reached: {_first_line(error)}"
             ) from error
 
+    def _open_schema(self) -> None:
+        """Create or upgrade MLflow's tables, once per process, holding the store's schema lock:
+        MLflow's migrations lock nothing, and a run and a sweep started side by side on a new
+        store broke each other's (study.locks.schema_lock)."""
+        if self.uri in _OPENED_STORES:
+            return
+        with schema_lock(self.uri, "mlflow"):
+            MlflowClient(tracking_uri=self.uri).search_experiments(max_results=1)
+        _OPENED_STORES.add(self.uri)
+
     def experiment_id(self, client: MlflowClient, name: str) -> str:
         """The id of experiment `name`, created (model-training view, local artifacts) if new."""
         try:
@@ -164,7 +180,7 @@ class Store:
             location = (self.artifact_root / "artifacts").as_uri() if self.artifact_root else None
             return client.create_experiment(name, location, tags=EXPERIMENT_KIND_TAG)
         except Exception as error:
-            if type(error).__name__ == "RestException" and "RESOURCE_ALREADY_EXISTS" in str(error):
+            if getattr(error, "error_code", None) == "RESOURCE_ALREADY_EXISTS":  # made meanwhile
                 return client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
             raise UserError(
                 f"tracking.uri={redact(self.uri)!r} cannot be reached: {_first_line(error)}"

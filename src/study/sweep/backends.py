@@ -7,8 +7,6 @@ PostgreSQL serves many machines, with heartbeats so that a dead host's trials ar
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,6 +17,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend
 
 from study.errors import UserError
+from study.locks import advisory_lock, autocommit_connection, flock, lock_key, schema_lock
 from study.paths import PROJECT_ROOT, database_url
 from study.secrets import redact
 
@@ -105,7 +104,7 @@ def make_storage(
     shown = redact(url)
     if _RDB_URL.match(url):
         try:
-            with _schema_lock(url), warnings.catch_warnings():
+            with schema_lock(url, "optuna"), warnings.catch_warnings():
                 # heartbeats are "experimental": one warning a start
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
@@ -131,38 +130,6 @@ def make_storage(
     return optuna.storages.JournalStorage(backend)
 
 
-@contextlib.contextmanager
-def flock(path: Path | str) -> Iterator[None]:
-    """Hold an exclusive flock(2) on `path`: the kernel frees it when its holder dies."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def advisory_lock(connection: Any, key: int) -> Iterator[None]:
-    """Hold PostgreSQL advisory lock `key` on an AUTOCOMMIT connection: shared by every host."""
-    import sqlalchemy
-
-    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-    try:
-        yield
-    finally:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-
-
-def _autocommit_connection(url: str) -> Any:
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(
-        database_url(url), poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(url)
-    )
-    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-
-
 class FlockLock:
     """The journal file's lock for Optuna's JournalFileBackend (acquire/release), on flock.
 
@@ -186,20 +153,6 @@ class FlockLock:
             self._held = None
 
 
-_SCHEMA_LOCK_KEY = 0x5F0D7A5C4E3A  # any constant: one lock per database, held for seconds
-
-
-@contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    """Hosts opening a fresh PostgreSQL database at once would race to create Optuna's tables
-    (duplicate key errors): they take turns on an advisory lock while the storage opens."""
-    if not url.startswith("postgresql"):
-        yield
-        return
-    with _autocommit_connection(url) as connection, advisory_lock(connection, _SCHEMA_LOCK_KEY):
-        yield
-
-
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("postgresql"):
         return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
@@ -212,8 +165,7 @@ class StudyLock:
 
     def __init__(self, storage_url: str, study_name: str) -> None:
         self.storage_url = storage_url
-        digest = hashlib.sha256(f"study:{study_name}".encode()).digest()
-        self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self.key = lock_key(f"study:{study_name}")
         self._connection: Any = None
         self.lock_path: Path | None = None
         if storage_url.startswith("sqlite:///"):
@@ -226,7 +178,7 @@ class StudyLock:
     def held(self) -> Iterator[None]:
         if self.storage_url.startswith("postgresql"):
             if self._connection is None:
-                self._connection = _autocommit_connection(self.storage_url)
+                self._connection = autocommit_connection(self.storage_url)
             with advisory_lock(self._connection, self.key):
                 yield
         elif self.lock_path is not None:
