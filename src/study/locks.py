@@ -58,15 +58,16 @@ def schema_lock(url: str, owner: str) -> Iterator[None]:
     Neither MLflow's migrations nor Optuna's table creation lock anything: processes opening
     one fresh database at once break each other's (duplicate tables, alembic's "expected to
     match one row", columns missing mid-migration). A PostgreSQL database is locked with an
-    advisory lock, a SQLite file with flock(2) on the file itself (SQLite's own locks are
-    fcntl(2) record locks, which flock does not touch). Other databases: no lock.
+    advisory lock, a SQLite file with flock(2) on a lock file beside it: not on the database
+    itself, since closing any descriptor of a file drops the fcntl(2) locks SQLite's other
+    connections in this process hold on it (seen: runs left RUNNING). Other databases: no lock.
     """
     if url.startswith("postgresql"):
         key = lock_key(f"schema:{owner}")
         with autocommit_connection(url) as connection, advisory_lock(connection, key):
             yield
     elif url.startswith("sqlite:///"):
-        with flock(Path(url.removeprefix("sqlite:///")).expanduser()):
+        with flock(f"{Path(url.removeprefix('sqlite:///')).expanduser()}.lock"):
             yield
     else:
         yield
