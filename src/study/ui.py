@@ -300,6 +300,15 @@ def run_server(app: ASGIApp, sock: socket.socket, on_start: Callable[[], None]) 
         server.run(sockets=[sock])
 
 
+def browse_url(host: str, port: int) -> str:
+    """The address to open for a server bound to `host`: a wildcard (0.0.0.0, ::) listens on
+    every interface, but a link to it opens nothing on another machine; this machine's name
+    does."""
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def serve_ui(
     store: Store,
     host: str = "127.0.0.1",
@@ -313,7 +322,7 @@ def serve_ui(
         "sqlite:///path/to/mlflow.db"
     )
     sock = bind(host, port)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    url = browse_url(host, port)
     lines = link_lines(experiment_links(store.client(), url, experiment), url)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(

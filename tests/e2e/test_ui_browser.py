@@ -311,7 +311,9 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(30_000)
-        page.goto(dict(server.links)[STUDY].replace("0.0.0.0", "127.0.0.1"))
+        link = dict(server.links)[STUDY]
+        assert link.startswith(f"http://{socket.gethostname()}:"), link  # not 0.0.0.0
+        page.goto(link)  # as printed: what a colleague's browser opens
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
         page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
         assert_training_view(page, "runs-table", shots)
