@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
-from helpers import all_runs, one_error_line
+from helpers import all_runs, cli, one_error_line
 from study.cli import compare_main
 from study.compare import CompareCallback, job_overrides
 from study.paths import CONF_DIR
@@ -24,7 +24,6 @@ from study.tracking import PARENT_RUN_ENV
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 # Every preset on a small class of students; the presets keep their own epochs and capacity.
 SMALL = ["data.n_samples=120", "trainer.progress_bar=false"]
-RunScript = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @dataclass
@@ -196,9 +195,9 @@ def test_compare_rejects_an_unknown_option_in_one_line(capsys: pytest.CaptureFix
 
 @pytest.mark.slow
 def test_compare_with_one_preset_left_fails_in_one_line(
-    run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient
+    tracking_uri: str, mlflow_client: MlflowClient, tmp_path: Path
 ) -> None:
-    result = run_script(
+    result = cli(
         "run",
         "-m",
         "compare",
@@ -206,6 +205,7 @@ def test_compare_with_one_preset_left_fails_in_one_line(
         "hydra.sweeper.params.preset=wide",
         "trainer.max_epochs=3",
         *SMALL,
+        cwd=tmp_path,
     )
     assert "at least two different runs, got 1" in one_error_line(result)
     statuses = {r.info.run_name: r.info.status for r in all_runs(mlflow_client)}
@@ -214,10 +214,16 @@ def test_compare_with_one_preset_left_fails_in_one_line(
 
 @pytest.mark.slow
 def test_compare_on_unusable_data_fails_before_any_run_exists(
-    run_script: RunScript, tracking_uri: str, mlflow_client: MlflowClient
+    tracking_uri: str, mlflow_client: MlflowClient, tmp_path: Path
 ) -> None:
-    result = run_script(
-        "run", "-m", "compare", f"tracking.uri={tracking_uri}", "data=diabetes", *SMALL[1:]
+    result = cli(
+        "run",
+        "-m",
+        "compare",
+        f"tracking.uri={tracking_uri}",
+        "data=diabetes",
+        *SMALL[1:],
+        cwd=tmp_path,
     )
     assert "use model=regressor" in one_error_line(result)
     assert all_runs(mlflow_client) == []

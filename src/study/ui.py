@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from study.errors import UserError
 from study.secrets import redact
@@ -300,13 +301,44 @@ def run_server(app: ASGIApp, sock: socket.socket, on_start: Callable[[], None]) 
         server.run(sockets=[sock])
 
 
+def this_machine() -> str:
+    """This machine's address on its network (the one it reaches others from), or its name
+    where it has no network. An address, not the name: MLflow's server answers requests
+    addressed to a private IP, but to a name only when --allowed-hosts lists it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.254.254.254", 1))  # UDP: picks the route, sends nothing
+            return str(probe.getsockname()[0])
+        except OSError:
+            return socket.gethostname()
+
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
 def browse_url(host: str, port: int) -> str:
     """The address to open for a server bound to `host`: a wildcard (0.0.0.0, ::) listens on
-    every interface, but a link to it opens nothing on another machine; this machine's name
-    does."""
-    if host in ("0.0.0.0", "::"):
-        host = socket.gethostname()
+    every interface, but a link to it opens nothing on another machine."""
+    if host in WILDCARDS:
+        host = this_machine()
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def allow_own_address(url: str) -> None:
+    """Let MLflow's server answer the links it printed (`url`, this machine's address, not
+    localhost): its host check accepts localhost and RFC 1918 addresses, and its origin check
+    refuses the UI's own POSTs from any origin but localhost. Where the user chose neither list
+    (MLFLOW_SERVER_ALLOWED_HOSTS, MLFLOW_SERVER_CORS_ALLOWED_ORIGINS), this address joins them.
+    Both checks guard against DNS rebinding and other sites' scripts; allowing the server's own
+    address literal and origin opens neither."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    address = urlsplit(url).netloc
+    if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        allowed = [*get_default_allowed_hosts(), address]
+        os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join(allowed)
+    if not os.environ.get("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
+        os.environ["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = f"http://{address}"
 
 
 def serve_ui(
@@ -332,6 +364,8 @@ def serve_ui(
         )
     else:
         lines.insert(0, f"MLflow UI bound to {host} (this machine only; --host to change)")
+    if host in WILDCARDS:
+        allow_own_address(url)
     app = mlflow_app(store, artifacts)
     run_server(app, sock, lambda: print("\n".join(lines), flush=True))
     return 0

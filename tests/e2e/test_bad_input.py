@@ -21,7 +21,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import all_runs, cli, one_error_line, tiny
+from helpers import all_runs, cli, copy_store, one_error_line, tiny
 from study.sweep.backends import make_storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,12 +328,14 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     for name, text in SEARCHES.items():
         (conf / "search" / f"{name}.yaml").write_text(text + "\n")
     closed = _closed_port()
+    # A store that exists and holds an experiment, but no run: for reproduce and compare.
+    holding_no_run = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{holding_no_run}").create_experiment("study")
     results = {}
     for case in CASES:
         work = tmp_path_factory.mktemp(case.name)
         if case.script in ("reproduce", "compare"):
-            # A store that exists and holds an experiment, but no run.
-            MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}").create_experiment("study")
+            copy_store(holding_no_run, work / "mlruns" / "mlflow.db")
         argv = _argv(case, work, csv, conf, closed)
         script = "run" if case.sweep else case.script
         if case.name in SUBPROCESS_CASES:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, one_error_line
+from helpers import cli, copy_store, one_error_line
 from study.tracking import Store
 
 pytestmark = pytest.mark.slow
@@ -119,13 +118,6 @@ def _run_ids(stdout: str) -> list[str]:
     return re.findall(r"^run ([0-9a-f]{32}) ", stdout, re.M)
 
 
-def _copy_store(template: Path, target: Path) -> Path:
-    """A copy of an empty, migrated store: creating one costs each process seconds."""
-    with sqlite3.connect(template) as source, sqlite3.connect(target) as copy:
-        source.backup(copy)
-    return target
-
-
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
     """Every documented command; those that need run ids last, with the runs (and the store)
@@ -134,7 +126,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
     template = tmp_path_factory.mktemp("template") / "mlflow.db"
     Store.from_config(f"sqlite:///{template}").client().search_experiments()
     folders = {c: tmp_path_factory.mktemp("command") for c in COMMANDS}
-    stores = {c: _copy_store(template, folders[c] / "mlflow.db") for c in FIRST}
+    stores = {c: copy_store(template, folders[c] / "mlflow.db") for c in FIRST}
     stores.update(dict.fromkeys(NEEDS_RUN_IDS, stores[GRID]))
     done = {c: _run(c, folders[c], stores[c]) for c in FIRST}
     ids = _run_ids(done[GRID].result.stdout)

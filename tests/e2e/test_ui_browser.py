@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,21 @@ def newest_first(uri: str) -> list[str]:
         name = client.get_experiment(run.info.experiment_id).name
         latest[name] = max(latest.get(name, 0), run.info.start_time)
     return sorted(latest, key=lambda name: latest[name], reverse=True)
+
+
+def _search_runs_from(link: str, origin: str) -> int:
+    """The status of a runs search POSTed to the server of `link` from a page of `origin`."""
+    server = link.split("/#")[0]
+    request = urllib.request.Request(
+        f"{server}/ajax-api/2.0/mlflow/runs/search",
+        data=b"{}",
+        headers={"Origin": origin, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def _free_port() -> int:
@@ -293,6 +310,7 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
     from playwright.sync_api import sync_playwright
 
     from study.sweep.trials import run_name
+    from study.ui import this_machine
 
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -312,8 +330,9 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(30_000)
         link = dict(server.links)[STUDY]
-        assert link.startswith(f"http://{socket.gethostname()}:"), link  # not 0.0.0.0
+        assert link.startswith(f"http://{this_machine()}:"), link  # not 0.0.0.0
         page.goto(link)  # as printed: what a colleague's browser opens
+        assert _search_runs_from(link, "http://elsewhere.example") == 403  # others' scripts
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
         page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
         assert_training_view(page, "runs-table", shots)
