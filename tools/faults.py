@@ -98,8 +98,9 @@ def kill_worker(folder: Path, *overrides: str) -> Outcome:
     )
 
 
-def interrupt(folder: Path, signum: int) -> Outcome:
-    """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes."""
+def interrupt(folder: Path, signum: int, resume: bool = True) -> Outcome:
+    """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes (unless
+    `resume` is false: the next call interrupts the resumed study in turn)."""
     # One trial at a time: a pack trains these four in seconds, before the signal lands.
     sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", "sweep.pack=1", *SLOW)
     process = sweep.start()
@@ -110,15 +111,17 @@ def interrupt(folder: Path, signum: int) -> Outcome:
     exit_s = time.monotonic() - sent
     left = sweep.runs_left_running() + sweep.running_trials()
     parent_status = sweep.parent_status()
-    resumed = sweep.run()
-    name = signal.Signals(signum).name
+    note = f"exit code {process.returncode} after {exit_s:.1f} s; {left} left running"
+    name = f"sweep {signal.Signals(signum).name}"
+    if resume:
+        note += f" before the rerun; rerun exit {sweep.run().returncode}"
+        name += ", then rerun"
     return outcome_of(
         sweep,
-        f"sweep {name}, then rerun",
-        4,
+        name,
+        4 if resume else sweep.finished(),
         exit_s,
-        f"exit code {process.returncode} after {exit_s:.1f} s; "
-        f"{left} left running before the rerun; rerun exit {resumed.returncode}",
+        note,
         exit_code=process.returncode,
         parent_status=parent_status,
     )

@@ -32,17 +32,18 @@ def test_a_killed_worker_fails_each_trial_it_held_and_each_is_retried(
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(
-    tmp_path: Path, signum: int
-) -> None:
-    outcome = interrupt(tmp_path, signum)
-    assert outcome.ok, outcome
-    assert outcome.exit_code not in (0, None), outcome  # an interrupted study did not succeed
-    assert outcome.parent_status == "KILLED", outcome
-    assert outcome.recover_s is not None and outcome.recover_s < 20  # exits within seconds
-    assert "left running before the rerun" in outcome.note
-    assert outcome.note.split("; ")[1].startswith("0 left running")
+def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(tmp_path: Path) -> None:
+    # `kill` (SIGTERM) stops the study, Ctrl-C (SIGINT) its resumed run, and a rerun ends it.
+    stopped = interrupt(tmp_path, signal.SIGTERM, resume=False)
+    resumed = interrupt(tmp_path, signal.SIGINT)
+    assert resumed.ok, resumed
+    for outcome in (stopped, resumed):
+        assert outcome.runs_left_running == 0 and outcome.trials_left_running == 0, outcome
+        assert outcome.exit_code not in (0, None), outcome  # an interrupted study did not succeed
+        assert outcome.parent_status == "KILLED", outcome
+        assert outcome.recover_s is not None and outcome.recover_s < 20  # exits within seconds
+        assert outcome.note.split("; ")[1].startswith("0 left running"), outcome
+    assert "rerun exit 0" in resumed.note
     numbers = [t.number for t in Sweep(tmp_path).trials()]
     assert len(numbers) == len(set(numbers))
     statuses = {r.info.status for r in Sweep(tmp_path).runs()}
