@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from study.errors import UserError
 from study.secrets import redact
@@ -314,31 +313,44 @@ def this_machine() -> str:
 
 
 WILDCARDS = ("0.0.0.0", "::")
+ALLOWED_HOSTS_ENV = "MLFLOW_SERVER_ALLOWED_HOSTS"
+ALLOWED_ORIGINS_ENV = "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"
+
+
+def served_names(port: int) -> list[str]:
+    """The host:port names a server bound to every interface is reached by: those the user
+    allowed (MLFLOW_SERVER_ALLOWED_HOSTS, patterns left out), else this machine's address."""
+    allowed = os.environ.get(ALLOWED_HOSTS_ENV, "").split(",")
+    names = [name.strip() for name in allowed if name.strip() and "*" not in name]
+    if not names:
+        names = [this_machine()]
+    return list(dict.fromkeys(name if ":" in name else f"{name}:{port}" for name in names))
 
 
 def browse_url(host: str, port: int) -> str:
     """The address to open for a server bound to `host`: a wildcard (0.0.0.0, ::) listens on
     every interface, but a link to it opens nothing on another machine."""
     if host in WILDCARDS:
-        host = this_machine()
+        return f"http://{served_names(port)[0]}"
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def allow_own_address(url: str) -> None:
-    """Let MLflow's server answer the links it printed (`url`, this machine's address, not
-    localhost): its host check accepts localhost and RFC 1918 addresses, and its origin check
-    refuses the UI's own POSTs from any origin but localhost. Where the user chose neither list
-    (MLFLOW_SERVER_ALLOWED_HOSTS, MLFLOW_SERVER_CORS_ALLOWED_ORIGINS), this address joins them.
-    Both checks guard against DNS rebinding and other sites' scripts; allowing the server's own
-    address literal and origin opens neither."""
+def allow_served_names(port: int) -> None:
+    """Let MLflow's server answer a browser at the names it is reached by (served_names).
+
+    Its host check accepts localhost and RFC 1918 addresses by default, and its origin check
+    refuses the UI's own POSTs (its runs search) from any origin but localhost. So this
+    machine's address joins the allowed hosts unless the user chose them, and the served names
+    become the allowed origins unless the user chose those. Both checks guard against DNS
+    rebinding and other sites' scripts; the server's own names and origins open neither.
+    """
     from mlflow.server.security_utils import get_default_allowed_hosts
 
-    address = urlsplit(url).netloc
-    if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
-        allowed = [*get_default_allowed_hosts(), address]
-        os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join(allowed)
-    if not os.environ.get("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
-        os.environ["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = f"http://{address}"
+    names = served_names(port)
+    if not os.environ.get(ALLOWED_HOSTS_ENV):
+        os.environ[ALLOWED_HOSTS_ENV] = ",".join([*get_default_allowed_hosts(), *names])
+    if not os.environ.get(ALLOWED_ORIGINS_ENV):
+        os.environ[ALLOWED_ORIGINS_ENV] = ",".join(f"http://{name}" for name in names)
 
 
 def serve_ui(
@@ -365,7 +377,7 @@ def serve_ui(
     else:
         lines.insert(0, f"MLflow UI bound to {host} (this machine only; --host to change)")
     if host in WILDCARDS:
-        allow_own_address(url)
+        allow_served_names(port)
     app = mlflow_app(store, artifacts)
     run_server(app, sock, lambda: print("\n".join(lines), flush=True))
     return 0
