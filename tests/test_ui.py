@@ -18,8 +18,11 @@ from study.ui import (
 
 @pytest.fixture(autouse=True)
 def no_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ALLOWED_HOSTS_ENV, raising=False)
-    monkeypatch.delenv(ALLOWED_ORIGINS_ENV, raising=False)
+    # Empty counts as unset; set through monkeypatch, what the tests write is undone after
+    # them (delenv of an absent variable records nothing to undo, and the UI processes of
+    # later tests would inherit the lists).
+    monkeypatch.setenv(ALLOWED_HOSTS_ENV, "")
+    monkeypatch.setenv(ALLOWED_ORIGINS_ENV, "")
 
 
 @pytest.mark.parametrize(
