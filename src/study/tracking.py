@@ -25,7 +25,7 @@ from sqlalchemy import event
 
 from study.config import check_tracking_uri
 from study.errors import UserError
-from study.locks import schema_lock
+from study.locks import autocommit_connection, schema_lock
 from study.paths import choose_tracking_uri, database_url
 from study.secrets import mask_log_records, redact
 
@@ -133,7 +133,6 @@ class Store:
                     f"tracking.uri={self.uri!r}: its folder cannot be created: {error.strerror}"
                 ) from error
         if self.artifact_root is not None or _DATABASE.match(self.uri):
-            self._connect_once()
             self._open_schema()
             return MlflowClient(tracking_uri=self.uri)
         client = MlflowClient(tracking_uri=self.uri)
@@ -147,14 +146,8 @@ class Store:
 
     def _connect_once(self) -> None:
         """Fail in seconds: MLflow retries a database it cannot reach for ~100 s, then raises."""
-        import sqlalchemy
-
-        connect_args = {"connect_timeout": 10} if self.uri.startswith("postgresql") else {}
         try:
-            engine = sqlalchemy.create_engine(
-                self.uri, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
-            )
-            with engine.connect():
+            with autocommit_connection(self.uri):
                 pass
         except Exception as error:  # driver errors: host, port, password, missing database
             raise UserError(
@@ -167,6 +160,7 @@ class Store:
         store broke each other's (study.locks.schema_lock)."""
         if self.uri in _OPENED_STORES:
             return
+        self._connect_once()
         with schema_lock(self.uri, "mlflow"):
             MlflowClient(tracking_uri=self.uri).search_experiments(max_results=1)
         _OPENED_STORES.add(self.uri)
