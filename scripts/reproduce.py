@@ -1,7 +1,7 @@
 """Rerun an MLflow run from what it logged: python scripts/reproduce.py RUN_ID"""
 
 from study.cli import reproduce_main
-from study.shutdown import exit_now
+from study.errors import exit_now
 
 if __name__ == "__main__":
     exit_now(reproduce_main())

@@ -16,7 +16,9 @@ from omegaconf import DictConfig
 
 from helpers import PG_HOST, PG_PORT, PostgresServer
 from study.paths import TRACKING_ENV
-from study.tracking import Store
+from study.tracking import Store, configure_process
+
+configure_process()  # as every command and sweep worker does before it talks to MLflow
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -104,7 +106,7 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def store(store_dir: Path) -> Store:
     # One sqlite store for the module: creating one costs about a second of schema migration.
-    return Store.from_config(f"sqlite:///{store_dir / 'mlflow.db'}")
+    return Store.from_uri(f"sqlite:///{store_dir / 'mlflow.db'}")
 
 
 @pytest.fixture

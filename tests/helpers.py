@@ -5,14 +5,22 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import sqlite3
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+from study.secrets import redact
+from study.tracking import Store
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -117,3 +125,38 @@ class PostgresServer:
                 name,
             )
             self.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+# `mlflow server` as a separate process, as the README's many-machines set-up starts it.
+def server_command(store: Store, host: str, port: int, artifacts: str | None = None) -> list[str]:
+    """`mlflow server` on the store: one worker and no job runner start it in seconds, not 20.
+
+    On a database store (PostgreSQL: many machines) the server keeps the artifacts in
+    `artifacts` (a folder or a bucket URI) and proxies them: hosts upload through it and
+    need no shared folder.
+    """
+    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
+    command = [mlflow, "server", "--host", host, "--port", str(port), "--workers", "1"]
+    if redact(store.uri) == store.uri:  # else server_env(store) passes it: `ps` shows argv to all
+        command += ["--backend-store-uri", store.uri]
+    if store.artifact_root is not None:
+        command += ["--default-artifact-root", (store.artifact_root / "artifacts").as_uri()]
+    elif artifacts is not None:
+        command += ["--artifacts-destination", artifacts]
+    return command
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"the MLflow server exited with code {process.returncode}: "
+                "is the port already in use? try --port"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.25)
+    raise RuntimeError(f"the MLflow server did not answer at {url} within {timeout_s:.0f} s")

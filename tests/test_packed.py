@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Mapping
 
 import pytest
 import torch
 
 from study.data import CLASSIFICATION, REGRESSION, LectureData, SklearnData, Splits
-from study.packed import Member, PackHooks, train_alone, train_pack
-from study.packed_nets import Arch, StackedMLP
-from study.tasks import Classifier
+from study.epochs import EpochRules
+from study.models import Classifier
+from study.packed import Arch, Member, StackedMLP, train_alone, train_pack
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)
 SGD = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
@@ -27,7 +28,9 @@ def _mixed(epochs: int = 4) -> list[Member]:
     """Members with every batch size of the default search space and different dropout."""
     settings = [(16, 0.0, 3e-3), (32, 0.3, 1e-2), (64, 0.1, 1e-3), (128, 0.5, 3e-2)]
     return [
-        Member(seed=10 + i, lr=lr, dropout=rate, batch_size=size, max_epochs=epochs)
+        Member(
+            seed=10 + i, lr=lr, dropout=rate, batch_size=size, rules=EpochRules(max_epochs=epochs)
+        )
         for i, (size, rate, lr) in enumerate(settings)
     ]
 
@@ -72,9 +75,9 @@ def test_a_member_starts_from_the_weights_a_single_run_with_its_seed_starts_from
 
 def test_each_member_learns_at_its_own_learning_rate_and_dropout(lecture: Splits) -> None:
     slow, fast, dropped = (
-        Member(seed=1, lr=1e-5, max_epochs=8),
-        Member(seed=1, lr=1e-2, max_epochs=8),
-        Member(seed=1, lr=1e-2, dropout=0.3, max_epochs=8),
+        Member(seed=1, lr=1e-5, rules=EpochRules(max_epochs=8)),
+        Member(seed=1, lr=1e-2, rules=EpochRules(max_epochs=8)),
+        Member(seed=1, lr=1e-2, dropout=0.3, rules=EpochRules(max_epochs=8)),
     )
     train_pack([slow, fast, dropped], lecture, ARCH, ADAM, slots=3)
     start = StackedMLP(ARCH, 1).initial_weights(1)
@@ -88,8 +91,8 @@ def test_each_member_learns_at_its_own_learning_rate_and_dropout(lecture: Splits
 
 def test_dropout_draws_new_masks_every_step(lecture: Splits) -> None:
     # With lr 0 the weights stay put: an epoch's mean loss moves only with the masks.
-    still = Member(seed=2, lr=0.0, max_epochs=2)
-    masked = Member(seed=2, lr=0.0, dropout=0.5, max_epochs=2)
+    still = Member(seed=2, lr=0.0, rules=EpochRules(max_epochs=2))
+    masked = Member(seed=2, lr=0.0, dropout=0.5, rules=EpochRules(max_epochs=2))
     train_pack([still, masked], lecture, ARCH, SGD, slots=2)
     assert still.history[0]["train/loss"] == pytest.approx(
         still.history[1]["train/loss"], abs=1e-6
@@ -102,9 +105,12 @@ def test_a_member_that_blows_up_stops_as_diverged_and_leaves_its_mates_untouched
     lecture: Splits,
 ) -> None:
     def calm() -> list[Member]:
-        return [Member(seed=3, lr=0.01, batch_size=32, max_epochs=3), *_mixed(3)[2:]]
+        return [
+            Member(seed=3, lr=0.01, batch_size=32, rules=EpochRules(max_epochs=3)),
+            *_mixed(3)[2:],
+        ]
 
-    wild = Member(seed=4, lr=1e9, batch_size=16, dropout=0.2, max_epochs=3)
+    wild = Member(seed=4, lr=1e9, batch_size=16, dropout=0.2, rules=EpochRules(max_epochs=3))
     with_wild = train_pack([wild, *calm()], lecture, ARCH, SGD, slots=4)
     without = _by_seed(train_pack(calm(), lecture, ARCH, SGD, slots=4))
     assert wild.stop_reason == "diverged"
@@ -116,29 +122,34 @@ def test_a_member_that_blows_up_stops_as_diverged_and_leaves_its_mates_untouched
 
 
 def test_freed_slots_take_the_next_members_until_the_source_runs_out(lecture: Splits) -> None:
-    members = [Member(seed=20 + i, lr=3e-3, batch_size=32, max_epochs=2 + i) for i in range(6)]
+    members = [
+        Member(seed=20 + i, lr=3e-3, batch_size=32, rules=EpochRules(max_epochs=2 + i))
+        for i in range(6)
+    ]
     done: list[int] = []
-    hooks = PackHooks(on_member_done=lambda member: done.append(member.seed))
-    finished = train_pack(iter(members), lecture, ARCH, ADAM, slots=3, hooks=hooks)
+    finished = train_pack(
+        iter(members), lecture, ARCH, ADAM, slots=3, on_member_done=lambda m: done.append(m.seed)
+    )
     assert sorted(done) == [m.seed for m in members] == sorted(m.seed for m in finished)
     for member in members:
-        assert [row["epoch"] for row in member.history] == list(range(1, member.max_epochs + 1))
+        assert [row["epoch"] for row in member.history] == list(
+            range(1, member.rules.max_epochs + 1)
+        )
     # The last member took a used slot: fresh weights and optimizer state, as if alone.
     last = members[-1]
-    alone = train_alone(Member(seed=last.seed, lr=3e-3, max_epochs=last.max_epochs), lecture,
-                        ARCH, ADAM)  # fmt: skip
+    alone = train_alone(Member(seed=last.seed, lr=3e-3, rules=last.rules), lecture, ARCH, ADAM)
     assert alone.history == last.history
 
 
 def test_early_stopping_stops_each_member_patience_epochs_after_its_best(
     lecture: Splits,
 ) -> None:
-    stopping = Member(seed=5, lr=0.05, batch_size=16, max_epochs=60, patience=2)
-    patient = Member(seed=5, lr=1e-3, batch_size=16, max_epochs=6, patience=None)
+    stopping = Member(seed=5, lr=0.05, batch_size=16, rules=EpochRules(max_epochs=60, patience=2))
+    patient = Member(seed=5, lr=1e-3, batch_size=16, rules=EpochRules(max_epochs=6, patience=None))
     train_pack([stopping, patient], lecture, Arch(2, 1, (32, 32)), ADAM, slots=2)
     losses = [row["val/loss"] for row in stopping.history]
     assert stopping.stop_reason == "early_stopped"
-    assert stopping.best_val_loss == min(losses)
+    assert stopping.judge.best_val_loss == min(losses)
     assert len(losses) == stopping.best_epoch + 2 < 60
     assert patient.stop_reason == "max_epochs" and len(patient.history) == 6
 
@@ -146,14 +157,20 @@ def test_early_stopping_stops_each_member_patience_epochs_after_its_best(
 def test_the_epoch_hook_can_prune_a_member_and_a_failing_hook_fails_only_it(
     lecture: Splits,
 ) -> None:
-    def hook(member: Member, row: dict[str, float]) -> str | None:
-        if member.key == "boom":
-            raise RuntimeError("storage unreachable")
-        return "pruned" if member.key == "prune" and row["epoch"] == 2 else None
+    def report(key: str) -> Callable[[Mapping[str, float]], str | None]:
+        def hear(row: Mapping[str, float]) -> str | None:
+            if key == "boom":
+                raise RuntimeError("storage unreachable")
+            return "pruned" if key == "prune" and row["epoch"] == 2 else None
+
+        return hear
 
     keys = ["prune", "boom", "keep"]
-    members = [Member(seed=i, lr=1e-3, max_epochs=4, key=key) for i, key in enumerate(keys)]
-    train_pack(members, lecture, ARCH, ADAM, slots=3, hooks=PackHooks(on_epoch_end=hook))
+    members = [
+        Member(seed=i, lr=1e-3, rules=EpochRules(max_epochs=4), report=report(key))
+        for i, key in enumerate(keys)
+    ]
+    train_pack(members, lecture, ARCH, ADAM, slots=3)
     pruned, failed, kept = members
     assert (pruned.stop_reason, len(pruned.history)) == ("pruned", 2)
     assert (failed.stop_reason, len(failed.history)) == ("failed", 1)
@@ -164,7 +181,9 @@ def test_the_epoch_hook_can_prune_a_member_and_a_failing_hook_fails_only_it(
 def test_a_regressor_pack_reports_errors_in_target_units() -> None:
     splits = SklearnData("diabetes", seed=0).prepare(REGRESSION)
     arch = Arch(splits.n_features, 1, (16,))
-    members = [Member(seed=i, lr=1e-2, batch_size=32, max_epochs=5) for i in range(3)]
+    members = [
+        Member(seed=i, lr=1e-2, batch_size=32, rules=EpochRules(max_epochs=5)) for i in range(3)
+    ]
     train_pack(members, splits, arch, ADAM, slots=3)
     for member in members:
         first, last = member.history[0], member.history[-1]
@@ -177,8 +196,8 @@ def test_a_regressor_pack_reports_errors_in_target_units() -> None:
 def test_a_source_with_no_member_now_is_asked_again_at_the_next_epoch(lecture: Splits) -> None:
     """A sweep's source has no trial while the study's last ones run: the pack trains on and
     asks again, instead of waiting for trials it holds itself or giving up on a retry."""
-    first = Member(seed=1, lr=3e-3, max_epochs=4)
-    later = Member(seed=2, lr=3e-3, max_epochs=2)
+    first = Member(seed=1, lr=3e-3, rules=EpochRules(max_epochs=4))
+    later = Member(seed=2, lr=3e-3, rules=EpochRules(max_epochs=2))
     answers: list[Member | None] = [first, None, None, later]
     asked: list[int] = []
 

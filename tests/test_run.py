@@ -22,7 +22,7 @@ from helpers import all_runs, tiny
 from study.diagnosis import PRUNED
 from study.errors import UserError
 from study.prepare import prepare_data
-from study.run import RunOutcome, judge, run_one
+from study.run import RunOutcome, label_pruned, run_one
 from study.tracking import metric_chart_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_only_a_trial_its_pruner_stopped_is_labelled_pruned(
     tracked: Tracked, outcome: dict[str, str], pruned: bool
 ) -> None:
     result = dataclasses.replace(tracked.outcome.result)
-    judge(result, outcome)
+    label_pruned(result, outcome)
     judged = tracked.outcome.result.diagnosis
     if pruned:
         assert result.diagnosis.verdict == PRUNED

@@ -39,7 +39,7 @@ def test_default_store_is_sqlite_under_the_project_mlruns(
     uri: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # wherever the command runs from
-    store = Store.from_config(uri)
+    store = Store.from_uri(uri)
     assert store.uri == f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
     assert store.artifact_root == ROOT / "mlruns"
 
@@ -48,9 +48,9 @@ def test_mlflow_tracking_uri_chooses_the_store_when_tracking_uri_is_null(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
-    assert Store.from_config(None).uri == f"sqlite:///{tmp_path.resolve() / 'env.db'}"
+    assert Store.from_uri(None).uri == f"sqlite:///{tmp_path.resolve() / 'env.db'}"
     given = f"sqlite:///{tmp_path / 'config.db'}"
-    assert Store.from_config(given).uri == f"sqlite:///{tmp_path.resolve() / 'config.db'}"
+    assert Store.from_uri(given).uri == f"sqlite:///{tmp_path.resolve() / 'config.db'}"
 
 
 def test_an_unusable_mlflow_tracking_uri_is_a_user_error_naming_the_variable(
@@ -58,14 +58,14 @@ def test_an_unusable_mlflow_tracking_uri_is_a_user_error_naming_the_variable(
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
     with pytest.raises(UserError, match=r"^MLFLOW_TRACKING_URI='file:///tmp/mlruns' is not"):
-        Store.from_config(None)
+        Store.from_uri(None)
 
 
 def test_relative_sqlite_uri_resolves_to_an_absolute_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    store = Store.from_config("sqlite:///runs/here.db")
+    store = Store.from_uri("sqlite:///runs/here.db")
     assert store.uri == f"sqlite:///{tmp_path.resolve() / 'runs' / 'here.db'}"
     assert store.artifact_root == tmp_path.resolve() / "runs"
 
@@ -74,7 +74,7 @@ def test_sqlite_uri_expands_the_home_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    store = Store.from_config("sqlite:///~/mlflow.db")
+    store = Store.from_uri("sqlite:///~/mlflow.db")
     assert store.uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
@@ -83,7 +83,7 @@ def test_sqlite_uri_expands_the_home_directory(
     ["http://127.0.0.1:5000", "https://mlflow.example.com", "postgresql+psycopg2://u:p@db/mlflow"],
 )
 def test_server_and_database_uris_are_kept_with_no_local_artifact_folder(uri: str) -> None:
-    store = Store.from_config(uri)
+    store = Store.from_uri(uri)
     assert store.uri == uri
     assert store.artifact_root is None
 
@@ -91,12 +91,12 @@ def test_server_and_database_uris_are_kept_with_no_local_artifact_folder(uri: st
 @pytest.mark.parametrize("uri", ["ftp://host/mlruns", "file:///tmp/mlruns", "./mlruns"])
 def test_unusable_uri_is_a_user_error_naming_tracking_uri(uri: str) -> None:
     with pytest.raises(UserError, match=r"tracking\.uri"):
-        Store.from_config(uri)
+        Store.from_uri(uri)
 
 
 def test_unusable_uri_error_does_not_show_the_password() -> None:
     with pytest.raises(UserError) as caught:
-        Store.from_config("ftp://alice:hunter2@host/mlruns")
+        Store.from_uri("ftp://alice:hunter2@host/mlruns")
     assert "hunter2" not in str(caught.value)
 
 
@@ -109,7 +109,7 @@ uri, go = sys.argv[1], Path(sys.argv[2])
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.005)
-store = Store.from_config(uri)
+store = Store.from_uri(uri)
 client = store.client()
 run = client.create_run(store.experiment_id(client, "side-by-side"))
 client.set_terminated(run.info.run_id)
@@ -183,7 +183,7 @@ def test_experiment_id_is_the_same_for_the_same_name(
 def test_a_local_store_writes_ahead_so_readers_never_block_its_writers(
     tmp_path: Path,
 ) -> None:
-    store = Store.from_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = store.client()
     with tracked_run(client, store.experiment_id(client, "wal")) as run_id:
         reader = sqlite3.connect(tmp_path / "mlflow.db")
@@ -305,7 +305,7 @@ def test_flatten_masks_passwords_and_caps_long_values() -> None:
 def test_run_params_leave_out_what_says_nothing_about_the_model() -> None:
     cfg = OmegaConf.create(
         {
-            "model": {"_target_": "study.tasks.Classifier", "dropout": 0.1},
+            "model": {"_target_": "study.models.Classifier", "dropout": 0.1},
             "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01},
             "diagnosis": {"window": 10},
             "tracking": {"uri": None, "experiment": "study"},

@@ -22,19 +22,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import optuna
-import pytorch_lightning as pl
 import torch
 from harness import Sweep, trial_span
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from study.callbacks import MetricsLogger
 from study.config import resolved_config, validate
 from study.data import Batches
 from study.nets import mlp
 from study.paths import CONF_DIR, SCRIPTS_DIR, database_url
 from study.prepare import PreparedData, prepare_data
 from study.run import run_one
+from study.run_log import RunLog
 from study.sweep.backends import make_storage
 from study.tracking import Store
 from study.train import fit, seed_everything
@@ -221,15 +220,15 @@ def bench_core(repeats: int) -> None:
             bench_tracking(cfg, prepared, root, uri, repeats)
 
 
-class TimedMetricsLogger(MetricsLogger):
-    """The real logger with a stopwatch on its calls: a few milliseconds measured inside one
-    run, instead of the difference of two runs that vary by tens of milliseconds here."""
+class TimedRunLog(RunLog):
+    """The real metrics log with a stopwatch on its calls: a few milliseconds measured inside
+    one run, instead of the difference of two runs that vary by tens of milliseconds here."""
 
     seconds = 0.0
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def epoch_ended(self, history: Sequence[Mapping[str, float]]) -> None:
         start = time.perf_counter()
-        super().on_train_epoch_end(trainer, pl_module)
+        super().epoch_ended(history)
         self.seconds += time.perf_counter() - start
 
     def finish(
@@ -248,19 +247,18 @@ def bench_tracking(
 ) -> None:
     """What tracking adds to a 50-epoch fit: the per-epoch curves (buffered or one write per
     epoch), the run's one final write, and the whole tracked run."""
-    store = Store.from_config(uri)
+    store = Store.from_uri(uri)
     client = store.client()
     experiment_id = store.experiment_id(client, "bench")
     run_ids = [client.create_run(experiment_id).info.run_id for _ in range(3 * repeats + 3)]
     in_tracking: dict[str, list[float]] = {"final write only": [], "buffered": [], "per epoch": []}
 
     def tracked_fit(case: str, flush_every_s: float | None) -> None:
-        # As run_one does it, the run created beforehand: the curves buffered by a
-        # MetricsLogger (None: no curves), then one write of what is left, the final metrics
-        # and the tags.
-        with TimedMetricsLogger(client, run_ids.pop(), flush_every_s or 0.0) as curves:
-            callbacks = [curves] if flush_every_s is not None else []
-            result = fit(cfg, root / "logged", callbacks, prepared)
+        # As run_one does it, the run created beforehand: the curves buffered by its RunLog
+        # (None: no curves), then one write of what is left, the final metrics and the tags.
+        with TimedRunLog(client, run_ids.pop(), flush_every_s or 0.0) as curves:
+            log = curves if flush_every_s is not None else None
+            result = fit(cfg, root / "logged", prepared, log=log)
             curves.finish(result.summary(), {"fit": result.diagnosis.verdict})
         in_tracking[case].append(curves.seconds)
 

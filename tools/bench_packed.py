@@ -32,8 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from study.data import Splits
-from study.packed import train_pack
-from study.packing import arch_of, member_of
+from study.packed import arch_of, member_of, train_pack
 from study.prepare import prepare_data
 from study.train import fit
 

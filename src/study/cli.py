@@ -179,8 +179,9 @@ def train_job(cfg: DictConfig) -> float:
     print("\n".join(run_plan(cfg, hydra_cfg.runtime.choices)), flush=True)
 
     from study.run import run_one  # torch, Lightning, MLflow: seconds to import
-    from study.tracking import PARENT_RUN_ENV
+    from study.tracking import PARENT_RUN_ENV, configure_process
 
+    configure_process()
     outcome = run_one(
         cfg,
         Path(hydra_cfg.runtime.output_dir),
@@ -214,9 +215,10 @@ def reproduce_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help=f"store holding the run {_DEFAULT_STORE}")
     try:
         args = parser.parse_args(argv)
-        from study.tracking import RUN_STORE_HINT, Store
+        from study.tracking import RUN_STORE_HINT, Store, configure_process
 
-        Store.from_config(args.tracking_uri).must_exist(RUN_STORE_HINT)  # before Lightning
+        configure_process()
+        Store.from_uri(args.tracking_uri).must_exist(RUN_STORE_HINT)  # before Lightning
         from study.reproduce import reproduce
 
         return reproduce(args.run_id, args.tracking_uri)
@@ -232,8 +234,10 @@ def port_number(text: str) -> int:
 
 def ui_main(argv: list[str] | None = None) -> int:
     """`scripts/ui.py`: the MLflow UI on the project's store, in the model-training view."""
-    from study.tracking import Store
+    from study.tracking import Store, configure_process
     from study.ui import serve_ui
+
+    configure_process()
 
     parser = OneLineParser(description="Open the MLflow UI on the project's store.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: local)")
@@ -248,7 +252,7 @@ def ui_main(argv: list[str] | None = None) -> int:
     )
     try:
         args = parser.parse_args(argv)
-        store = Store.from_config(args.tracking_uri)
+        store = Store.from_uri(args.tracking_uri)
         return serve_ui(store, args.host, args.port, args.experiment, args.artifacts)
     except Exception as error:
         return report(error)
@@ -270,7 +274,9 @@ def check_figure_path(path: Path) -> None:
 def compare_main(argv: Sequence[str] | None = None) -> int:
     """`scripts/compare.py RUN_ID RUN_ID ...`: the comparison figure and table of MLflow runs."""
     from study.compare import FIGURE, compare_runs, table
-    from study.tracking import Store
+    from study.tracking import Store, configure_process
+
+    configure_process()
 
     parser = OneLineParser(description="Compare MLflow runs: curves side by side, verdicts, table")
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
@@ -281,7 +287,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         check_figure_path(args.output)
-        store = Store.from_config(args.tracking_uri).must_exist(
+        store = Store.from_uri(args.tracking_uri).must_exist(
             "pass --tracking-uri for the store that holds the runs"
         )
         runs = compare_runs(store.client(), args.run_ids, args.output, store.uri)

@@ -184,7 +184,7 @@ class CompareCallback(Callback):
             validate(cfg)
             cfg = resolved_config(cfg)
             prepare_data(cfg)
-            store = Store.from_config(cfg.tracking.uri)
+            store = Store.from_uri(cfg.tracking.uri)
             client = store.client()
             experiment_id = store.experiment_id(client, cfg.tracking.experiment)
         except UserError:

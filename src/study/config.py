@@ -189,7 +189,7 @@ def _plain(value: Any) -> Any:
 
 # The modules whose classes our configs build with `_target_` (see conf/). A config read back
 # from a store may have been edited by anyone who can write there: it may name only these.
-TRUSTED_MODULES = ("study.data", "study.tasks", "torch.optim")
+TRUSTED_MODULES = ("study.data", "study.models", "torch.optim")
 
 
 def check_stored_config(cfg: DictConfig, source: str) -> None:

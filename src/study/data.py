@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from study.errors import UserError
+from study.task import CLASSIFICATION, REGRESSION
 
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
 
 

@@ -1,10 +1,14 @@
-"""UserError: the user asked for something we cannot do; how errors reach the console."""
+"""How a command ends: UserError (the user asked for something we cannot do), how errors reach
+the console, and a quick exit once the work is done."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
+import os
 import sys
+import threading
 import traceback
 from typing import NoReturn
 
@@ -53,3 +57,22 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
         raise UserError(f"{message} (usage: {usage})")
+
+
+def exit_now(code: int) -> NoReturn:
+    """`sys.exit(code)` without the second Python spends tearing down torch, Lightning, MLflow
+    and SQLAlchemy module by module (measured here: 0.9-1.1 s per process, at the end of every
+    command and of every sweep worker, after everything was written).
+
+    What an exit must still do happens first: atexit handlers (logging flushes its files there)
+    and buffered output. Where a non-daemon thread still runs, the usual exit waits for it.
+    """
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # the handlers the interpreter would run at exit
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a pipe nobody reads anymore
+            code = code or 1
+    os._exit(code)

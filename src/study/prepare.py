@@ -10,14 +10,12 @@ from dataclasses import dataclass
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from study.data import CLASSIFICATION, REGRESSION, Splits, TabularData
+from study.data import Splits, TabularData
 from study.errors import UserError
-
-# The task of our own models, known without importing them (they are Lightning modules).
-MODEL_TASKS = {"study.tasks.Classifier": CLASSIFICATION, "study.tasks.Regressor": REGRESSION}
+from study.task import model_task
 
 
 @dataclass
@@ -37,11 +35,6 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def model_task(target: str) -> str:
-    """Classification or regression: what the model class `target` (a dotted path) learns."""
-    return MODEL_TASKS.get(target) or str(get_class(target).task)  # type: ignore[attr-defined]
-
-
 def prepare_data(cfg: DictConfig) -> PreparedData:
     """Load, split and standardize the data on the training device; UserError if unusable."""
     try:
@@ -50,7 +43,7 @@ def prepare_data(cfg: DictConfig) -> PreparedData:
         if isinstance(error.__cause__, UserError):
             raise error.__cause__ from None
         raise
-    task = model_task(str(cfg.model._target_))
+    task = model_task(str(cfg.model._target_)).name
     return PreparedData(data, data.prepare(task, resolve_device(cfg.trainer.accelerator)))
 
 

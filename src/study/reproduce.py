@@ -77,7 +77,7 @@ def compare(client: MlflowClient, original_id: str, reproduced_id: str) -> tuple
 
 
 def reproduce(run_id: str, tracking_uri: str | None = None, output_dir: Path | None = None) -> int:
-    store = Store.from_config(tracking_uri).must_exist(RUN_STORE_HINT)
+    store = Store.from_uri(tracking_uri).must_exist(RUN_STORE_HINT)
     client = store.client()
     cfg, name = fetch_config(client, run_id, store)
     cfg.tracking.uri = tracking_uri

@@ -1,14 +1,18 @@
-"""One tracked run: train a checked config and record everything needed to rerun it."""
+"""One tracked run's lifecycle, the same for a single run, a one-at-a-time trial and a packed
+member: opened (config files, the MLflow run, its metrics log), trained by an engine, closed
+(verdict, figure, artifacts, final metrics and tags, terminal status)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import Self
 
 import torch
 import yaml
@@ -16,9 +20,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import resolved_config
-from study.diagnosis import CURVES, PRUNED, pruned
-from study.fit_result import FitResult
-from study.packing import fit_packed, is_packed
+from study.diagnosis import CURVES, pruned
+from study.epochs import PRUNED, EpochReport, FitResult
+from study.packed import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
 from study.prepare import PreparedData, prepare_data
@@ -32,9 +36,6 @@ from study.tracking import (
     run_params,
     tracked_run,
 )
-
-if TYPE_CHECKING:
-    from pytorch_lightning.callbacks import Callback
 
 OVERRIDES_ARTIFACT = "overrides.yaml"
 
@@ -90,6 +91,108 @@ def write_config_files(cfg: DictConfig, overrides: Sequence[str], output_dir: Pa
     return [config_path, overrides_path]
 
 
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run is recorded: its store's client, its experiment, and its parent run."""
+
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str | None = None
+
+
+class OpenRun:
+    """A tracked run from its opening to its terminal status.
+
+    Opened: its config files written, its MLflow run created with tags and params, its metrics
+    log ready (`log`). Then either `close` (the result recorded, FINISHED) or `abort` (the
+    error tag, FAILED, or KILLED on Ctrl-C); leaving a `with` block unclosed aborts it.
+    """
+
+    def __init__(
+        self,
+        place: RunPlace,
+        cfg: DictConfig,
+        output_dir: Path,
+        overrides: Sequence[str] = (),
+        *,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        owns_folder: bool = False,
+    ) -> None:
+        """`owns_folder`: `output_dir` holds nothing but this run's files (a trial's folder),
+        so one call logs it all, ~3 ms less per run than a call per file."""
+        self.place = place
+        self.cfg = cfg
+        self.output_dir = output_dir
+        self.run_name = run_name
+        self.owns_folder = owns_folder
+        self.config_files = write_config_files(cfg, overrides, output_dir)
+        self._stack = contextlib.ExitStack()
+        client = place.client
+        self.run_id: str = self._stack.enter_context(
+            tracked_run(
+                client,
+                place.experiment_id,
+                run_name,
+                run_tags(cfg, tags),
+                run_params(cfg),
+                place.parent_run_id,
+            )
+        )
+        self.log = RunLog(client, self.run_id, float(cfg.tracking.flush_every_s))
+        self._stack.push(self.log)  # flushed before the run's status is set
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if error is not None:
+            self.abort(error)
+
+    def close(
+        self, result: FitResult, outcome: Mapping[str, str], *, curves: bool = True
+    ) -> RunOutcome:
+        """Record `result` and end the run FINISHED: its verdict (a pruned trial labelled so),
+        its curves figure (`curves`), its artifacts, then its last epochs, final metrics and
+        tags in one write: last, so that a run whose artifacts failed carries no outcome."""
+        run = RunOutcome(self.run_id, self.place.experiment_id, result)
+        try:
+            label_pruned(result, outcome)
+            figures = (
+                [plot_run(self.cfg, result, self.output_dir, self.run_name)] if curves else []
+            )
+            self._log_artifacts(result, figures)
+            self.log.finish(
+                result.summary(),
+                tags={**result_tags(run), **outcome},
+                history=result.history,
+            )
+        except BaseException as error:
+            self.abort(error)
+            raise
+        self._stack.close()
+        return run
+
+    def abort(self, error: BaseException) -> None:
+        """End the run on `error`: its error tag and FAILED (KILLED for Ctrl-C and exits)."""
+        self._stack.__exit__(type(error), error, error.__traceback__)
+
+    def _log_artifacts(self, result: FitResult, figures: Sequence[Path]) -> None:
+        client, run_id = self.place.client, self.run_id
+        if self.owns_folder:
+            client.log_artifacts(run_id, str(self.output_dir))
+            return
+        for path in [*self.config_files, *figures]:
+            client.log_artifact(run_id, str(path))
+        if result.checkpoint is not None:
+            client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
+
+
 def run_one(
     cfg: DictConfig,
     output_dir: Path,
@@ -98,68 +201,43 @@ def run_one(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
-    callbacks: Sequence[Callback] = (),
+    report: EpochReport | None = None,
     store: Store | None = None,
-    outcome_tags: Callable[[], Mapping[str, str]] | None = None,
+    outcome_tags: Callable[[FitResult], Mapping[str, str]] | None = None,
+    owns_folder: bool = False,
 ) -> RunOutcome:
     """Train `cfg` (already checked by study.config.validate) as one MLflow run; the run ends
     FINISHED, or FAILED/KILLED on any error.
 
-    `outcome_tags`, asked once training has ended, adds tags that only the end can tell (a
-    trial's state) to the run's final write.
+    `report` hears each epoch (a trial's pruner; it may stop training). `outcome_tags`, asked
+    with the result once training has ended, adds tags that only the end can tell (a trial's
+    state).
     """
     cfg = resolved_config(cfg)
-    store = store or Store.from_config(cfg.tracking.uri)
+    store = store or Store.from_uri(cfg.tracking.uri)
     prepared = prepare_data(cfg)  # bad data fails here, before the store is opened
     client = store.client()
-    experiment_id = store.experiment_id(client, cfg.tracking.experiment)
-    config_files = write_config_files(cfg, overrides, output_dir)
-    with (
-        tracked_run(
-            client, experiment_id, run_name, run_tags(cfg, tags), run_params(cfg), parent_run_id
-        ) as run_id,
-        metrics_log_for(cfg, client, run_id) as metrics_logger,
-    ):
-        result = train(cfg, output_dir, metrics_logger, callbacks, prepared)
-        outcome = outcome_tags() if outcome_tags else {}
-        judge(result, outcome)
-        record_result(
-            client,
-            RunOutcome(run_id, experiment_id, result),
-            metrics_logger,
-            [*config_files, plot_run(cfg, result, output_dir, run_name)],
-            outcome,
-        )
-    return RunOutcome(run_id, experiment_id, result)
-
-
-# Lightning takes seconds to import: only a run that trains with it (not a packed one) does.
-def metrics_log_for(cfg: DictConfig, client: MlflowClient, run_id: str) -> RunLog:
-    """The run's metrics log: a Lightning callback that sends each epoch as it ends, or, for
-    a packed run, a log that gets the whole curve when training ends."""
-    flush_every_s = float(cfg.tracking.flush_every_s)
-    if is_packed(cfg):
-        return RunLog(client, run_id, flush_every_s)
-    from study.callbacks import MetricsLogger
-
-    return MetricsLogger(client, run_id, flush_every_s)
+    place = RunPlace(client, store.experiment_id(client, cfg.tracking.experiment), parent_run_id)
+    with OpenRun(
+        place, cfg, output_dir, overrides, run_name=run_name, tags=tags, owns_folder=owns_folder
+    ) as run:
+        result = train(cfg, output_dir, run.log, report, prepared)
+        return run.close(result, outcome_tags(result) if outcome_tags else {})
 
 
 def train(
     cfg: DictConfig,
     output_dir: Path,
-    metrics_logger: RunLog,
-    callbacks: Sequence[Callback],
+    log: RunLog,
+    report: EpochReport | None,
     prepared: PreparedData,
 ) -> FitResult:
     """`cfg` trained by its engine: Lightning's fit, or a pack of one (`trainer.engine`)."""
     if is_packed(cfg):
-        return fit_packed(cfg, output_dir, prepared)
-    from study.callbacks import MetricsLogger
-    from study.train import fit
+        return fit_packed(cfg, output_dir, prepared, report=report)
+    from study.train import fit  # Lightning: seconds to import, and a packed run never does
 
-    assert isinstance(metrics_logger, MetricsLogger)  # made by metrics_log_for for this engine
-    return fit(cfg, output_dir, [metrics_logger, *callbacks], prepared)
+    return fit(cfg, output_dir, prepared, log=log, report=report)
 
 
 def run_tags(cfg: DictConfig, tags: Mapping[str, str] | None) -> dict[str, str]:
@@ -184,10 +262,22 @@ def plot_run(cfg: DictConfig, result: FitResult, output_dir: Path, run_name: str
     )
 
 
-def judge(result: FitResult, outcome: Mapping[str, str]) -> None:
+def label_pruned(result: FitResult, outcome: Mapping[str, str]) -> None:
     """A trial its pruner stopped is labelled pruned: its cut curve is not judged."""
     if outcome.get("trial_state") == "PRUNED" and outcome.get("reason") == PRUNED:
         result.diagnosis = pruned(result.diagnosis, result.stopped_epoch)
+
+
+def result_tags(run: RunOutcome) -> dict[str, str]:
+    """What a run's result says as tags: its data, device, verdict and description."""
+    result = run.result
+    return {
+        "data.fingerprint": result.data_fingerprint,
+        "device": result.device,
+        "fit": result.diagnosis.verdict,
+        "fit.reason": result.diagnosis.reason,
+        NOTE_TAG: run_note(run),
+    }
 
 
 def run_note(run: RunOutcome) -> str:
@@ -201,39 +291,4 @@ def run_note(run: RunOutcome) -> str:
         f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}), "
         f"training stopped at epoch {result.stopped_epoch}: both marked in curves.png "
         "(Artifacts)."
-    )
-
-
-def record_result(
-    client: MlflowClient,
-    run: RunOutcome,
-    metrics_logger: RunLog,
-    artifacts: Sequence[Path] | Path,
-    outcome_tags: Mapping[str, str],
-) -> None:
-    """The artifacts, then the curve's last epochs, the final metrics and the tags in one write:
-    last, so that a run whose artifacts failed carries no outcome.
-
-    `artifacts` is the files to log, or a folder that holds nothing else (a packed trial's,
-    checkpoint included): then one call logs it all, ~3 ms less per run than a call per file.
-    """
-    run_id, result = run.run_id, run.result
-    if isinstance(artifacts, Path):
-        client.log_artifacts(run_id, str(artifacts))
-    else:
-        for path in artifacts:
-            client.log_artifact(run_id, str(path))
-        if result.checkpoint is not None:
-            client.log_artifact(run_id, str(result.checkpoint), "checkpoints")
-    metrics_logger.finish(
-        result.summary(),
-        tags={
-            "data.fingerprint": result.data_fingerprint,
-            "device": result.device,
-            "fit": result.diagnosis.verdict,
-            "fit.reason": result.diagnosis.reason,
-            NOTE_TAG: run_note(run),
-            **outcome_tags,
-        },
-        history=result.history,
     )

@@ -1,5 +1,5 @@
-"""A run's metrics to MLflow in batches, and how a trial's run ended. Free of Lightning: a
-packed worker (study.sweep.packs) logs its members' runs without importing it."""
+"""A run's metrics to MLflow in batches. Free of Lightning: a packed worker logs its members'
+runs without importing it."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ class RunLog:
             ]
         self._sent_epochs = max(self._sent_epochs, len(history))
 
+    def epoch_ended(self, history: Sequence[Mapping[str, float]]) -> None:
+        """Queue the new epochs of `history`; send what is queued every `flush_every_s`."""
+        self.buffer(history)
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
     def finish(
         self,
         values: Mapping[str, float],
@@ -82,12 +88,3 @@ class RunLog:
         for start in range(head, len(metrics), _MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH])
         self._last_flush = time.monotonic()
-
-
-def trial_outcome(stop_reason: str | None, best: float | None, metric: str) -> dict[str, str]:
-    """A trial's state and why, from why it stopped early (pruned, diverged) and its best value."""
-    if stop_reason is not None:
-        return {"trial_state": "PRUNED", "reason": stop_reason}
-    if best is None:
-        return {"trial_state": "FAIL", "reason": f"metric {metric!r} was never logged"}
-    return {"trial_state": "COMPLETE"}

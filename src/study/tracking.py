@@ -54,24 +54,31 @@ def use_wal_for_sqlite() -> None:
         event.listen(sqlalchemy.engine.Engine, "connect", _tune)
 
 
-# A new or migrated store announces its schema upgrade at INFO level on every first use.
-for _chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
-    logging.getLogger(_chatty).setLevel(logging.WARNING)
+def configure_process() -> None:
+    """What every command and sweep worker sets once, before it talks to MLflow: quiet
+    loggers, credentials masked in log records, SQLite stores in WAL mode, and MLflow's client
+    settings. Called by the entry points (study.cli, the sweep worker); idempotent."""
+    # A new or migrated store announces its schema upgrade at INFO level on every first use.
+    for chatty in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # An unreachable server: urllib3 warns at each retry; we report it once, as one error line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    mask_log_records()  # drivers and HTTP clients may log the URLs they were given
+    use_wal_for_sqlite()  # the local store is shared by a sweep's workers, its parent and the UI
+    for name, value in _MLFLOW_SETTINGS.items():
+        os.environ.setdefault(name, value)
 
-mask_log_records()  # drivers and HTTP clients may log the URLs they were given
-use_wal_for_sqlite()  # the local store is shared by a sweep's workers, its parent and the UI
 
-# An unreachable server: urllib3 warns at each retry; we report it once, as one error line.
-logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-
-# Artifact downloads draw a progress bar per file: noise in logs and captured output.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-# MLflow retries an unreachable server for minutes by default; say so within seconds instead.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-# A tracking server makes MLflow print two "View run" links on stdout each time a run ends.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+_MLFLOW_SETTINGS = {
+    # Artifact downloads draw a progress bar per file: noise in logs and captured output.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow retries an unreachable server for minutes by default; say so within seconds.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # A tracking server makes MLflow print two "View run" links on stdout as each run ends.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 _DATABASE = re.compile(r"^(postgresql|mysql|mssql)(\+\w+)?://")
 
@@ -106,7 +113,7 @@ class Store:
     artifact_root: Path | None
 
     @classmethod
-    def from_config(cls, uri: str | None) -> Store:
+    def from_uri(cls, uri: str | None) -> Store:
         """The store `uri` names; without one, MLFLOW_TRACKING_URI's, else the project's."""
         choice = choose_tracking_uri(uri)
         if choice.uri.startswith("sqlite:///"):

@@ -1,34 +1,41 @@
-"""fit(cfg): build data, model and trainer from a validated config and train one model."""
+"""The Lightning engine: fit(cfg) builds data, model and trainer from a validated config and
+trains one model, under the epoch rules every engine shares (study.epochs)."""
 
 from __future__ import annotations
 
 import logging
+import math
+import shutil
+import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import Callback, EarlyStopping
+from pytorch_lightning.callbacks import Callback
+from tqdm import tqdm
 
-from study.callbacks import EpochProgress, KeepBestWeights
 from study.data import REGRESSION, Splits
-from study.diagnosis import Thresholds, diagnose_history
-from study.fit_result import FitResult
+from study.epochs import EpochJudge, EpochReport, EpochRules, FitResult
+from study.models import EpochLoader, MLPModel, epoch_history
 from study.prepare import PreparedData, device_name, prepare_data
-from study.tasks import EpochLoader, MLPTask
+from study.run_log import RunLog
 
-# Lightning's advice about worker processes and small batch counts does not apply to batches
-# sliced from in-memory tensors; its banner lines are noise in every run's output.
-for _noisy in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
-warnings.filterwarnings("ignore", message=r".*is an invalid type.*")
-warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13
+
+def quiet_lightning() -> None:
+    """Lightning's advice about worker processes and small batch counts does not apply to
+    batches sliced from in-memory tensors; its banner lines are noise in every run's output."""
+    for noisy in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
+    warnings.filterwarnings("ignore", message=r".*is an invalid type.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13
 
 
 def seed_everything(seed: int) -> None:
@@ -37,35 +44,63 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class EpochEnd(Callback):
+    """The epoch rules (study.epochs) in a Lightning run: each epoch's row judged, the best
+    weights kept, the run's metrics log fed, and training stopped when the rules say so.
+
+    The best weights stay in memory: Lightning's ModelCheckpoint writes a file at every
+    improvement (2-3 ms each, about 13% of a small MLP's run here); a copy of a few thousand
+    floats costs microseconds.
+    """
+
+    def __init__(self, judge: EpochJudge, log: RunLog | None = None) -> None:
+        self.judge = judge
+        self.metrics_log = log
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = epoch_history(pl_module)
+        if self.judge.end_epoch(history[-1]):
+            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        if self.metrics_log is not None:
+            self.metrics_log.epoch_ended(history)
+        if self.judge.stop_reason is not None:
+            trainer.should_stop = True
+
+    def restore_and_save(self, model: pl.LightningModule, path: Path) -> Path | None:
+        """Load the best weights into `model` and write them as a checkpoint file."""
+        if self.best_state is None:
+            return None
+        model.load_state_dict(self.best_state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": self.best_state, "epoch": self.judge.best_epoch}, path)
+        return path
+
+
 def fit(
     cfg: DictConfig,
     output_dir: Path,
-    callbacks: Sequence[Callback] = (),
     prepared: PreparedData | None = None,
+    *,
+    log: RunLog | None = None,
+    report: EpochReport | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train the model `cfg` describes; keep the best checkpoint in `output_dir`.
 
-    The config must already be validated (study.validate). Extra `callbacks` (metric logging,
-    pruning) are added to Lightning's early stopping and checkpointing.
+    The config must already be validated (study.validate). `log` gets each epoch's metrics,
+    `report` each epoch's row (a trial's pruner: it may stop the run); extra Lightning
+    `callbacks` run after the epoch rules.
     """
+    quiet_lightning()
     prepared = prepared or prepare_data(cfg)
     data, splits = prepared.data, prepared.splits
     seed_everything(int(cfg.seed))
     trainer_cfg = cfg.trainer
-    best_weights = KeepBestWeights()
-    all_callbacks: list[Callback] = [*callbacks, best_weights]
-    early_stopping = trainer_cfg.early_stopping
-    if early_stopping.enabled:
-        all_callbacks.append(
-            EarlyStopping(
-                monitor="val/loss",
-                mode="min",
-                patience=int(early_stopping.patience),
-                min_delta=float(early_stopping.min_delta),
-                check_finite=True,
-                check_on_train_epoch_end=True,
-            )
-        )
+    epoch_end = EpochEnd(
+        EpochJudge(EpochRules.from_config(cfg), splits.baseline_loss(), report), log
+    )
+    all_callbacks: list[Callback] = [epoch_end, *callbacks]
     if trainer_cfg.progress_bar:
         all_callbacks.append(EpochProgress())
     device = splits.train.x.device
@@ -83,31 +118,26 @@ def fit(
         default_root_dir=str(output_dir),
     )
     model = build_model(cfg, splits)
-    model.baseline_loss = splits.baseline_loss()  # callbacks judge divergence against it
     started = time.perf_counter()
     trainer.fit(model, EpochLoader(data.train_batches(splits), splits.val))
     fit_seconds = time.perf_counter() - started
 
     model.to(device)  # Lightning's teardown moves a GPU model back to the CPU
-    best_path = best_weights.restore_and_save(model, output_dir / "checkpoints" / "best.ckpt")
-    test_metrics = model.evaluate(splits.test, "test")
-    baseline = model.baseline_loss
-    return FitResult(
-        history=model.history,
-        test_metrics=test_metrics,
+    best_path = epoch_end.restore_and_save(model, output_dir / "checkpoints" / "best.ckpt")
+    return FitResult.judged(
+        cfg,
+        model.history,
+        test_metrics=model.evaluate(splits.test, "test"),
         checkpoint=best_path,
         device=device_name(device),
         data_fingerprint=splits.fingerprint,
-        stopped_early=trainer.should_stop,
+        stop_reason=epoch_end.judge.stop_reason,
         fit_seconds=fit_seconds,
-        baseline_loss=baseline,
-        diagnosis=diagnose_history(
-            model.history, Thresholds.from_config(cfg.get("diagnosis")), baseline
-        ),
+        baseline_loss=splits.baseline_loss(),
     )
 
 
-def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
+def build_model(cfg: DictConfig, splits: Splits) -> MLPModel:
     extra = {"target_scale": splits.target_scale} if splits.task == REGRESSION else {}
     return instantiate(
         cfg.model,
@@ -116,3 +146,72 @@ def build_model(cfg: DictConfig, splits: Splits) -> MLPTask:
         optimizer=instantiate(cfg.optimizer),
         **extra,
     )
+
+
+class EpochProgress(pl.Callback):
+    """Training progress in epochs, with the epoch's losses.
+
+    Lightning's own bar counts batches, and one Lightning batch is a whole epoch here (see
+    study.models), so it shows "1/1" for every epoch. In a terminal this draws a bar over the
+    epochs; elsewhere (a file, a CI log) it prints a plain line for about every tenth of the
+    epochs and the last one, instead of carriage-return updates.
+    """
+
+    def __init__(self, stream: TextIO | None = None, lines: int = 10) -> None:
+        self.stream = stream or sys.stdout
+        self.lines = lines
+        self._bar: tqdm | None = None
+        self._every = 1
+        self._printed = 0  # the last epoch printed as a line
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.max_epochs or 0
+        if self.stream.isatty():
+            # A terminal that reports no size (a bare pty) gets 80x24: tqdm would draw nothing.
+            columns, lines = shutil.get_terminal_size()
+            self._bar = tqdm(
+                total=total,
+                bar_format="{n_fmt}/{total_fmt} epochs |{bar:12}| {elapsed}<{remaining}{postfix}",
+                file=self.stream,
+                ncols=columns,
+                nrows=lines,
+            )
+        self._every = max(1, math.ceil(total / self.lines))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        row = epoch_history(pl_module)[-1]
+        epoch = int(row["epoch"])
+        if self._bar is not None:
+            losses = {name: row[name] for name in ("train/loss", "val/loss")}
+            self._bar.set_postfix_str(_epoch_values(losses), refresh=False)
+            self._bar.update(epoch - self._bar.n)
+        elif epoch % self._every == 0 or epoch == trainer.max_epochs:
+            self._line(epoch, trainer.max_epochs, row)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        history = epoch_history(pl_module)
+        if self._bar is None and history and self._printed < history[-1]["epoch"]:
+            self._line(int(history[-1]["epoch"]), trainer.max_epochs, history[-1], " (stopped)")
+        self._close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close()
+
+    def _line(
+        self, epoch: int, total: int | None, row: Mapping[str, float], note: str = ""
+    ) -> None:
+        print(f"epoch {epoch}/{total}  {_epoch_values(row)}{note}", file=self.stream, flush=True)
+        self._printed = epoch
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _epoch_values(row: Mapping[str, float]) -> str:
+    """ "train/loss 0.4123  val/loss 0.4567  val/acc 0.8750": train/loss first, as on the plot."""
+    names = sorted((n for n in row if n != "epoch"), key=lambda name: name != "train/loss")
+    return "  ".join(f"{name} {row[name]:.4f}" for name in names)

@@ -14,14 +14,9 @@ import gc
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -29,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from study.errors import UserError
-from study.secrets import redact
 from study.tracking import Store, runs_url
 
 if TYPE_CHECKING:
@@ -383,27 +377,6 @@ def serve_ui(
     return 0
 
 
-# --- `mlflow server` as a separate process (tests, scripted set-ups) ------------------------
-
-
-def server_command(store: Store, host: str, port: int, artifacts: str | None = None) -> list[str]:
-    """`mlflow server` on the store: one worker and no job runner start it in seconds, not 20.
-
-    On a database store (PostgreSQL: many machines) the server keeps the artifacts in
-    `artifacts` (a folder or a bucket URI) and proxies them: hosts upload through it and
-    need no shared folder.
-    """
-    mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    command = [mlflow, "server", "--host", host, "--port", str(port), "--workers", "1"]
-    if redact(store.uri) == store.uri:  # else server_env(store) passes it: `ps` shows argv to all
-        command += ["--backend-store-uri", store.uri]
-    if store.artifact_root is not None:
-        command += ["--default-artifact-root", (store.artifact_root / "artifacts").as_uri()]
-    elif artifacts is not None:
-        command += ["--artifacts-destination", artifacts]
-    return command
-
-
 def server_env(store: Store | None = None) -> dict[str, str]:
     """The server's environment; it carries the store's URI, which may hold a password."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -414,19 +387,3 @@ def server_env(store: Store | None = None) -> dict[str, str]:
     if store is not None:
         env["MLFLOW_BACKEND_STORE_URI"] = store.uri
     return env
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise UserError(
-                f"the MLflow server exited with code {process.returncode}: "
-                "is the port already in use? try --port"
-            )
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.25)
-    raise UserError(f"the MLflow server did not answer at {url} within {timeout_s:.0f} s")

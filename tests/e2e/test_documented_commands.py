@@ -124,7 +124,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
     of the documented grid."""
     assert GRID in FIRST, "the README no longer shows the grid whose runs RUN_ID stands for"
     template = tmp_path_factory.mktemp("template") / "mlflow.db"
-    Store.from_config(f"sqlite:///{template}").client().search_experiments()
+    Store.from_uri(f"sqlite:///{template}").client().search_experiments()
     folders = {c: tmp_path_factory.mktemp("command") for c in COMMANDS}
     stores = {c: copy_store(template, folders[c] / "mlflow.db") for c in FIRST}
     stores.update(dict.fromkeys(NEEDS_RUN_IDS, stores[GRID]))

@@ -26,11 +26,11 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from helpers import PostgresServer, one_error_line
+from helpers import PostgresServer, one_error_line, server_command, wait_until_up
 from study.sweep.backends import FINISHED, make_storage
 from study.sweep.driver import PARENT_RUN_ATTR
 from study.tracking import Store
-from study.ui import server_command, server_env, wait_until_up
+from study.ui import server_env
 
 RUN = Path(__file__).resolve().parents[2] / "scripts" / "run.py"
 STUDY = "multihost"
@@ -83,7 +83,7 @@ def tracking_server(
     """`mlflow server` on a PostgreSQL backend store, artifacts proxied to one folder."""
     with postgres_server.database("mlflow_test") as database:
         artifacts = tmp_path_factory.mktemp("mlartifacts")
-        store = Store.from_config(postgres_server.url(database))
+        store = Store.from_uri(postgres_server.url(database))
         url = f"http://127.0.0.1:{_free_port()}"
         port = int(url.rsplit(":", 1)[1])
         with open(artifacts.parent / "mlflow_server.log", "wb") as log:

@@ -29,11 +29,11 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from helpers import all_runs, cli, one_error_line
+from helpers import all_runs, cli, one_error_line, server_command, wait_until_up
 from study.sweep.backends import FINISHED, make_storage
 from study.sweep.spec import WORKER_MODULE
 from study.tracking import Store
-from study.ui import server_command, server_env, wait_until_up
+from study.ui import server_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "scripts" / "run.py"
@@ -496,7 +496,7 @@ def test_an_mlflow_server_on_the_store_serves_the_study_through_its_rest_api(
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        server_command(Store.from_config(sweep.tracking_uri), "127.0.0.1", port),
+        server_command(Store.from_uri(sweep.tracking_uri), "127.0.0.1", port),
         env=server_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

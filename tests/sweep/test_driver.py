@@ -87,7 +87,7 @@ def test_resuming_in_another_tracking_store_is_refused_and_writes_nothing(
     plan = make_plan(*NAME, *TINY)
     study = open_study(plan, client)
     open_parent_run(study, store, client, plan, OmegaConf.create({"sweep": {"n_trials": 2}}))
-    elsewhere = Store.from_config(f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}")
+    elsewhere = Store.from_uri(f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}")
     other_client = elsewhere.client()
     with pytest.raises(UserError, match=r"study 's' is tracked in another MLflow store: its"):
         open_parent_run(study, elsewhere, other_client, plan, OmegaConf.create())

@@ -42,7 +42,7 @@ def study_of(direction: str, run_ids: dict[int, str] | None = None) -> optuna.St
 
 @pytest.fixture
 def client(tmp_path: Path) -> tuple[MlflowClient, str]:
-    store = Store.from_config(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = store.client()
     return client, store.experiment_id(client, "told")
 

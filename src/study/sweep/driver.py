@@ -34,7 +34,7 @@ from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.recovery import Recovery
 from study.sweep.report import finish_parent_run, import_plotting_meanwhile
 from study.sweep.spec import WorkerSpec
-from study.tracking import EXPERIMENT_KIND_TAG, Store, runs_url
+from study.tracking import EXPERIMENT_KIND_TAG, Store, configure_process, runs_url
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its parent run
 
@@ -149,7 +149,8 @@ def worker_spec(
 def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
     `early` workers started for its slots where there are any."""
-    store = Store.from_config(cfg.tracking.uri)
+    configure_process()
+    store = Store.from_uri(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)
     plan = plan.capped_to(plan.n_trials - read_tally(study, plan.n_trials).finished)

@@ -8,33 +8,27 @@ at the next epoch boundary, so the pack stays full until the study runs out of t
 
 from __future__ import annotations
 
-import contextlib
-import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from study.config import resolved_config
-from study.packed import Member, PackHooks, train_pack
-from study.packing import PACKED, arch_of, diverge_level, member_of, packed_result
-from study.prepare import PreparedData, prepare_data
-from study.run import RunOutcome, judge, record_result, run_tags, write_config_files
-from study.run_log import RunLog, trial_outcome
-from study.sweep.claims import TrialHeartbeat
-from study.sweep.trials import TrialRunner, note_failure, note_run, run_name
-from study.tracking import run_params, tracked_run
-
-COMPLETE, PRUNED, FAIL = (
-    optuna.trial.TrialState.COMPLETE,
-    optuna.trial.TrialState.PRUNED,
-    optuna.trial.TrialState.FAIL,
+from study.packed import (
+    PACKED,
+    Member,
+    arch_of,
+    member_of,
+    optimizer_of,
+    packed_result,
+    train_pack,
 )
+from study.prepare import PreparedData, prepare_data
+from study.run import OpenRun, RunPlace
+from study.sweep.claims import TrialHeartbeat
+from study.sweep.trials import FAIL, TrialReport, TrialRunner, note_failure, note_run, run_name
 
 
 @dataclass
@@ -43,13 +37,10 @@ class PackedTrial:
 
     trial: optuna.Trial
     cfg: DictConfig
-    output_dir: Path
-    run: contextlib.ExitStack  # the MLflow run (tracked_run) and its metrics logger
-    run_id: str
-    metrics_logger: RunLog
+    run: OpenRun
+    report: TrialReport
     heartbeat: TrialHeartbeat
     started: float
-    best: float | None = None
 
 
 class PackRunner:
@@ -65,16 +56,15 @@ class PackRunner:
         self.study = study
         self.storage = storage
         self.next_trial = next_trial
-        self.maximize = self.spec.direction == "maximize"
         self.base = resolved_config(runner.base)
         self.running: dict[int, PackedTrial] = {}
 
     def run(self) -> None:
         try:
             self.prepared: PreparedData = prepare_data(self.base)  # every member's data
-            self.experiment_id = self.runner.store.experiment_id(
-                self.runner.client, self.spec.study_name
-            )
+            client = self.runner.client
+            experiment_id = self.runner.store.experiment_id(client, self.spec.study_name)
+            self.place = RunPlace(client, experiment_id, self.spec.parent_run_id)
         except Exception as error:  # as one at a time: each trial fails, saying why
             while (trial := self.next_trial(True)) is not None:
                 self._fail(trial, error)
@@ -85,14 +75,14 @@ class PackRunner:
                 self.next_member,
                 splits,
                 arch_of(self.base, splits.n_features, splits.n_outputs),
-                instantiate(self.base.optimizer),
+                optimizer_of(self.base),
                 slots=self.spec.pack,
-                hooks=PackHooks(self.on_epoch_end, self.on_member_done, diverge_level(self.base)),
+                on_member_done=self.on_member_done,
             )
-        except BaseException:  # Ctrl-C, SIGTERM, a crash: every open run closes, not RUNNING
+        except BaseException as error:  # Ctrl-C, SIGTERM, a crash: every open run closes
             for packed in self.running.values():
                 packed.heartbeat.stop()
-                packed.run.__exit__(*sys.exc_info())
+                packed.run.abort(error)
             raise
 
     def next_member(self) -> Member | None:
@@ -100,94 +90,63 @@ class PackRunner:
         pack with no trial of its own may wait for one (it would wait for itself)."""
         while (trial := self.next_trial(not self.running)) is not None:
             try:
-                return member_of(self._open(trial), key=trial.number)
+                packed = self._open(trial)
+                return member_of(packed.cfg, key=trial.number, report=packed.report)
             except Exception as error:  # this trial fails; the pack takes the next one
                 self._fail(trial, error)
         return None
 
-    def _open(self, trial: optuna.Trial) -> DictConfig:
+    def _open(self, trial: optuna.Trial) -> PackedTrial:
         start = self.runner.start(trial)
         cfg = resolved_config(start.cfg)
         cfg.trainer.engine = PACKED  # how its run reproduces: alone through the packed code
-        write_config_files(cfg, start.overrides, start.output_dir)
-        client = self.runner.client
-        run = contextlib.ExitStack()
-        run_id = run.enter_context(
-            tracked_run(
-                client,
-                self.experiment_id,
-                run_name(trial.number, self.spec.n_trials),
-                run_tags(cfg, start.tags),
-                run_params(cfg),
-                self.spec.parent_run_id,
-            )
-        )
-        metrics_logger = run.enter_context(
-            RunLog(client, run_id, float(cfg.tracking.flush_every_s))
-        )
-        heartbeat = TrialHeartbeat(self.storage, self.study, trial)
-        self.running[trial.number] = PackedTrial(
-            trial,
+        run = OpenRun(
+            self.place,
             cfg,
             start.output_dir,
-            run,
-            run_id,
-            metrics_logger,
-            heartbeat,
-            time.perf_counter(),
+            start.overrides,
+            run_name=run_name(trial.number, self.spec.n_trials),
+            tags=start.tags,
+            owns_folder=True,  # its config files and checkpoint, nothing else
         )
-        return cfg
-
-    def on_epoch_end(self, member: Member, row: dict[str, float]) -> str | None:
-        """Report the trial's best value so far; "pruned" when its pruner says stop."""
-        packed = self.running[member.key]
-        value = row.get(self.spec.metric, math.nan)
-        if not math.isfinite(value):
-            return "diverged"
-        if packed.best is None or (value > packed.best if self.maximize else value < packed.best):
-            packed.best = value
-        packed.trial.report(packed.best, step=int(row["epoch"]))
-        if self.spec.pruner != "none" and packed.trial.should_prune():
-            return "pruned"
-        return None
+        try:
+            heartbeat = TrialHeartbeat(self.storage, self.study, trial)
+        except BaseException as error:
+            run.abort(error)
+            raise
+        packed = PackedTrial(
+            trial, cfg, run, self.runner.report(trial), heartbeat, time.perf_counter()
+        )
+        self.running[trial.number] = packed
+        return packed
 
     def on_member_done(self, member: Member) -> None:
         """Close the trial's run with its outcome and tell the study and the parent."""
         packed = self.running.pop(member.key)
-        trial = packed.trial
-        stopped_early = member.stop_reason in ("pruned", "diverged")
-        outcome = trial_outcome(member.stop_reason if stopped_early else None, packed.best, "")
-        state = {"COMPLETE": COMPLETE, "PRUNED": PRUNED}.get(outcome["trial_state"], FAIL)
+        trial, report = packed.trial, packed.report
+        state, value = FAIL, None
         try:
             if member.error is not None:
                 raise member.error
-            if state == FAIL:
-                raise RuntimeError(f"metric {self.spec.metric!r} was never logged")
             elapsed = time.perf_counter() - packed.started
-            result = packed_result(packed.cfg, member, self.prepared, packed.output_dir, elapsed)
-            judge(result, outcome)
-            record_result(
-                self.runner.client,
-                RunOutcome(packed.run_id, self.experiment_id, result),
-                packed.metrics_logger,
-                packed.output_dir,  # its config files and checkpoint, nothing else
-                outcome,
+            result = packed_result(
+                packed.cfg, member, self.prepared, packed.run.output_dir, elapsed
             )
-            packed.run.close()
-            note_run(trial, packed.run_id, result)
+            packed.run.close(result, report.outcome(member.stop_reason), curves=False)
+            note_run(trial, packed.run.run_id, result)
+            state, value = report.end(member.stop_reason)
         except Exception as error:  # the run holds the error tag; the pack goes on
-            packed.run.__exit__(type(error), error, error.__traceback__)
-            trial.set_user_attr("mlflow_run_id", packed.run_id)
+            packed.run.abort(error)
+            trial.set_user_attr("mlflow_run_id", packed.run.run_id)
             note_failure(trial, error)
-            state = FAIL
         finally:
             packed.heartbeat.stop()
-        self.runner.finish(self.study, trial, state, packed.best)
+        self.runner.finish(self.study, trial, state, value)
 
     def _fail(self, trial: optuna.Trial, error: Exception) -> None:
         packed = self.running.pop(trial.number, None)
         if packed is not None:
             packed.heartbeat.stop()
-            packed.run.__exit__(type(error), error, error.__traceback__)
+            packed.run.abort(error)
         note_failure(trial, error)
         self.runner.finish(self.study, trial, FAIL, None)

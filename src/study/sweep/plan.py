@@ -19,12 +19,8 @@ from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_s
 from study.sweep.definition import study_definition
 from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.space import Param, parse_space, range_ends, set_values, trial_base_config
+from study.task import MODELS, TASKS
 
-# The metrics each model logs every epoch (study.tasks): a study's metric must be one of them.
-EPOCH_METRICS = {
-    "study.tasks.Classifier": ("train/loss", "val/loss", "val/acc"),
-    "study.tasks.Regressor": ("train/loss", "val/loss", "val/rmse", "val/mae", "val/r2"),
-}
 # The study name is a folder and a file name: a safe character set, no path of its own.
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Workers beyond this many per core (CPU) or per GPU slot only wait for their turn.
@@ -81,7 +77,9 @@ def check_study_name(name: str) -> None:
 
 
 def check_metric(cfg: DictConfig, metric: str) -> None:
-    logged = EPOCH_METRICS.get(str(cfg.model.get("_target_")))
+    """UserError unless our model logs `metric` every epoch (a user's own model: not known)."""
+    task = MODELS.get(str(cfg.model.get("_target_")))
+    logged = TASKS[task].epoch_metrics if task is not None else None
     if logged is not None and metric not in logged:
         raise UserError(
             f"sweep.metric={metric!r} is never logged by this model: use one of "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config
-from study.fit_result import FitResult
+from study.epochs import DIVERGED, PRUNED, FitResult
 from study.run import run_one
 from study.secrets import redact
 from study.sweep.claims import TrialHeartbeat
@@ -32,6 +34,56 @@ class TrialStart:
     tags: dict[str, str]
 
 
+COMPLETE, PRUNED_STATE, FAIL = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
+
+
+class TrialReport:
+    """A trial's report to its pruner each epoch, whichever engine trains it: the best value of
+    the study's metric so far, and PRUNED when the pruner says stop (DIVERGED when the metric
+    is not finite)."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool, prune: bool) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.maximize = maximize
+        self.prune = prune  # without a pruner, asking costs a storage round trip per epoch
+        self.best: float | None = None
+
+    def __call__(self, row: Mapping[str, float]) -> str | None:
+        value = row.get(self.metric, math.nan)
+        if not math.isfinite(value):
+            return DIVERGED
+        if self.best is None or (value > self.best if self.maximize else value < self.best):
+            self.best = value
+        self.trial.report(self.best, step=int(row["epoch"]))
+        if self.prune and self.trial.should_prune():
+            return PRUNED
+        return None
+
+    def outcome(self, stop_reason: str | None) -> dict[str, str]:
+        """How the trial ended, as its run's tags: PRUNED (by its pruner, or diverged),
+        COMPLETE, or FAIL when its metric was never logged."""
+        if stop_reason in (PRUNED, DIVERGED):
+            return {"trial_state": "PRUNED", "reason": stop_reason}
+        if self.best is None:
+            return {"trial_state": "FAIL", "reason": f"metric {self.metric!r} was never logged"}
+        return {"trial_state": "COMPLETE"}
+
+    def end(self, stop_reason: str | None) -> tuple[optuna.trial.TrialState, float | None]:
+        """The trial's state and value to tell the study; RuntimeError when its metric was
+        never logged."""
+        outcome = self.outcome(stop_reason)
+        if outcome["trial_state"] == "FAIL":
+            raise RuntimeError(outcome["reason"])
+        if outcome["trial_state"] == "PRUNED":
+            return PRUNED_STATE, None
+        return COMPLETE, self.best
+
+
 class ParentGone(SystemExit):
     """The sweep's parent closed its end of the events pipe: exit quietly, runs closed KILLED
     (nobody is left to report to; the next session fails the trials left RUNNING)."""
@@ -43,7 +95,7 @@ class TrialRunner:
         self.index = index
         self.events_fd = events_fd
         self.base = OmegaConf.create(spec.base_config)
-        self.store = Store.from_config(spec.tracking_uri)
+        self.store = Store.from_uri(spec.tracking_uri)
         self.client = self.store.client()
 
     def emit(self, event: Event) -> None:
@@ -85,47 +137,37 @@ class TrialRunner:
         }
         return TrialStart(self.trial_config(values), overrides, output_dir, tags)
 
-    def objective(self, trial: optuna.Trial) -> float:
-        from study.callbacks import TrialReporter  # Lightning: packed workers never import it
+    def report(self, trial: optuna.Trial) -> TrialReport:
+        spec = self.spec
+        return TrialReport(trial, spec.metric, spec.direction == "maximize", spec.pruner != "none")
 
+    def objective(self, trial: optuna.Trial) -> tuple[optuna.trial.TrialState, float | None]:
+        """Train the claimed `trial` as one run; its state and value."""
         start = self.start(trial)
-        cfg, overrides, output_dir, tags = start.cfg, start.overrides, start.output_dir, start.tags
-        reporter = TrialReporter(
-            trial,
-            self.spec.metric,
-            self.spec.direction == "maximize",
-            float(cfg.get("diagnosis", {}).get("diverge_level", 3.0)),
-            self.spec.pruner != "none",
-        )
+        report = self.report(trial)
         outcome = run_one(
-            cfg,
-            output_dir,
-            overrides,
+            start.cfg,
+            start.output_dir,
+            start.overrides,
             run_name=run_name(trial.number, self.spec.n_trials),
             parent_run_id=self.spec.parent_run_id,
-            tags=tags,
-            callbacks=[reporter],
+            tags=start.tags,
+            report=report,
             store=self.store,
-            outcome_tags=reporter.outcome_tags,
+            outcome_tags=lambda result: report.outcome(result.stop_reason),
+            owns_folder=True,
         )
         note_run(trial, outcome.run_id, outcome.result)
-        if reporter.stop_reason is not None:
-            raise optuna.TrialPruned(reporter.stop_reason)
-        if reporter.best is None:
-            raise RuntimeError(f"metric {self.spec.metric!r} was never logged")
-        return reporter.best
+        return report.end(outcome.result.stop_reason)
 
     def run(
         self, study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial
     ) -> None:
         """Run a claimed trial to its end and tell the study and the parent how it ended."""
         heartbeat = TrialHeartbeat(storage, study, trial)
-        state, value = optuna.trial.TrialState.FAIL, None
+        state, value = FAIL, None
         try:
-            value = self.objective(trial)
-            state = optuna.trial.TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = optuna.trial.TrialState.PRUNED
+            state, value = self.objective(trial)
         except Exception as error:  # the study goes on; the run holds the error tag
             note_failure(trial, error)
         finally:

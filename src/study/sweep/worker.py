@@ -18,14 +18,14 @@ from pathlib import Path
 import optuna
 import torch
 
-from study.errors import report
-from study.shutdown import exit_now
+from study.errors import exit_now, report
 from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage
 from study.sweep.claims import claim_trial
 from study.sweep.packs import PackRunner
 from study.sweep.recovery import StaleTrialCallback
 from study.sweep.spec import Exhausted, Ready, WorkerSpec
 from study.sweep.trials import TrialRunner
+from study.tracking import configure_process
 
 
 def main(argv: list[str]) -> int:
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     if sys.stdin.readline().strip() != "start":  # started early, then not needed
         return 0
     spec = WorkerSpec.read(spec_path)
+    configure_process()
     torch.set_num_threads(int(os.environ.get("STUDY_WORKER_THREADS", "1")))
     # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

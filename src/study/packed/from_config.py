@@ -1,8 +1,9 @@
-"""Packed trials from configs: a run's config as a pack member, a member's outcome as a FitResult.
+"""The bridge from a run's config to the packed engine: a config as a pack member, a member's
+outcome as a FitResult.
 
-A trial trained in a pack (study.packed) records `trainer.engine: packed` in its config, so its
-run reproduces through the same code path, alone (study.packed.train_alone): a member's numbers
-do not depend on its pack mates, so they come out identical on CPU.
+A trial trained in a pack records `trainer.engine: packed` in its config, so its run reproduces
+through the same code path, alone (`fit_packed`): a member's numbers do not depend on its pack
+mates, so they come out identical on CPU.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from study.diagnosis import Thresholds, diagnose_history
-from study.fit_result import FitResult
-from study.packed import Member, PackHooks, train_alone
-from study.packed_nets import Arch, StackedMLP
+from study.epochs import EpochReport, EpochRules, FitResult
+from study.packed.loop import OptimizerRecipe, train_alone
+from study.packed.network import Arch, StackedMLP
+from study.packed.schedule import Member
 from study.prepare import PreparedData, device_name
 
 PACKED = "packed"
@@ -32,24 +33,23 @@ def arch_of(cfg: DictConfig, n_features: int, n_outputs: int) -> Arch:
     return Arch(n_features, n_outputs, tuple(cfg.model.hidden_sizes), str(cfg.model.activation))
 
 
-def member_of(cfg: DictConfig, key: Any = None) -> Member:
-    """The run `cfg` describes as a member of a pack."""
-    early_stopping = cfg.trainer.early_stopping
+def optimizer_of(cfg: DictConfig) -> OptimizerRecipe:
+    recipe: OptimizerRecipe = instantiate(cfg.optimizer)
+    return recipe
+
+
+def member_of(cfg: DictConfig, key: Any = None, report: EpochReport | None = None) -> Member:
+    """The run `cfg` describes as a member of a pack; `report` hears its epochs."""
     return Member(
         seed=int(cfg.seed),
         lr=float(cfg.optimizer.lr),
         weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
         dropout=float(cfg.model.dropout),
         batch_size=int(cfg.data.batch_size),
-        max_epochs=int(cfg.trainer.max_epochs),
-        patience=int(early_stopping.patience) if early_stopping.enabled else None,
-        min_delta=float(early_stopping.min_delta),
+        rules=EpochRules.from_config(cfg),
+        report=report,
         key=key,
     )
-
-
-def diverge_level(cfg: DictConfig) -> float:
-    return Thresholds.from_config(cfg.get("diagnosis")).diverge_level
 
 
 def packed_result(
@@ -65,32 +65,30 @@ def packed_result(
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         state = net.state_dict_of(member.best_weights, member.dropout)
         torch.save({"state_dict": state, "epoch": member.best_epoch}, checkpoint)
-    baseline = splits.baseline_loss()
-    return FitResult(
-        history=member.history,
+    return FitResult.judged(
+        cfg,
+        member.history,
         test_metrics=member.test_metrics,
         checkpoint=checkpoint,
         device=device_name(splits.train.x.device),
         data_fingerprint=splits.fingerprint,
-        stopped_early=member.stop_reason == "early_stopped",
-        baseline_loss=baseline,
-        diagnosis=diagnose_history(
-            member.history, Thresholds.from_config(cfg.get("diagnosis")), baseline
-        ),
+        stop_reason=member.stop_reason,
+        baseline_loss=splits.baseline_loss(),
         fit_seconds=fit_seconds,
     )
 
 
-def fit_packed(cfg: DictConfig, output_dir: Path, prepared: PreparedData) -> FitResult:
+def fit_packed(
+    cfg: DictConfig, output_dir: Path, prepared: PreparedData, report: EpochReport | None = None
+) -> FitResult:
     """Train `cfg` as a pack of one: how a packed trial is rerun."""
     splits = prepared.splits
     started = time.perf_counter()
     member = train_alone(
-        member_of(cfg),
+        member_of(cfg, report=report),
         splits,
         arch_of(cfg, splits.n_features, splits.n_outputs),
-        instantiate(cfg.optimizer),
+        optimizer_of(cfg),
         pad_rows=cfg.trainer.get("pad_rows"),
-        hooks=PackHooks(diverge_level=diverge_level(cfg)),
     )
     return packed_result(cfg, member, prepared, output_dir, time.perf_counter() - started)

@@ -1,26 +1,26 @@
 """Lightning modules: an MLP classifier (cross-entropy) and an MLP regressor (mean squared error).
 
+Their loss and metrics are their task's (study.task), the same code a pack of trials runs.
 On tiny MLPs Lightning's per-batch machinery (a dozen hook dispatches, loop bookkeeping) costs
 more than the arithmetic, and its validation loop costs ~3 ms of setup per epoch. So one
 Lightning "batch" is one epoch: `training_step` runs every mini-batch of the epoch itself
 (manual optimization: one optimizer step per mini-batch, as in plain gradient descent), then
-evaluates the validation split in one forward pass. Epoch-level callbacks (early stopping,
-pruning, metric logging) see `history` and `val/loss` at `on_train_epoch_end`.
+evaluates the validation split in one forward pass. Epoch-level callbacks (study.train) see
+`history` at `on_train_epoch_end`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from study.data import CLASSIFICATION, REGRESSION, Batches, Split
 from study.nets import mlp
+from study.task import TASKS
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -39,8 +39,9 @@ class EpochLoader:
         yield self
 
 
-class MLPTask(pl.LightningModule):
-    """Shared training loop; subclasses define the loss and the metrics of their task."""
+class MLPModel(pl.LightningModule):
+    """The training loop; subclasses name their task (study.task), which defines the loss and
+    the metrics."""
 
     task: ClassVar[str]
 
@@ -58,14 +59,17 @@ class MLPTask(pl.LightningModule):
         self.net = mlp(in_features, out_features, list(hidden_sizes), activation, dropout)
         self.optimizer_factory = optimizer
         self.history: list[dict[str, float]] = []
-        self.baseline_loss = math.nan  # a constant predictor's training loss, set by fit()
+        self.target_scale = 1.0
+        self.objective = TASKS[self.task]  # its loss and metrics
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The mean loss of a mini-batch: [rows, out] outputs, [rows] targets."""
+        return self.objective.row_losses(outputs[None], target[None]).mean()
 
     def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metrics of a whole split, `loss` first."""
-        raise NotImplementedError
+        values = self.objective.metrics(outputs[None], target, self.target_scale)
+        return {name: value[0] for name, value in values.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -94,16 +98,6 @@ class MLPTask(pl.LightningModule):
         values = self.evaluate(epoch.val, "val")
         values["train/loss"] = (loss_sum / count).item()
         self.history.append({"epoch": self.current_epoch + 1, **values})
-        val_loss = values["val/loss"] if math.isfinite(values["val/loss"]) else math.inf
-        self.publish("val/loss", val_loss)
-
-    def publish(self, name: str, value: float) -> None:
-        """Hand an epoch's value to callbacks (EarlyStopping reads `callback_metrics`) and to the
-        progress bar: what `self.log` ends up doing, without the ~1 ms per call its result
-        collection spends on step/epoch reduction and device syncs (measured: ~15% of a small
-        MLP's run); one value per epoch needs none of that."""
-        self.trainer.callback_metrics[name] = torch.tensor(value)
-        self.trainer.progress_bar_metrics[name] = value
 
     @torch.no_grad()
     def evaluate(self, split: Split, prefix: str) -> dict[str, float]:
@@ -121,26 +115,13 @@ def epoch_history(module: pl.LightningModule) -> list[dict[str, float]]:
     return history
 
 
-class Classifier(MLPTask):
+class Classifier(MLPModel):
     """Logits + cross-entropy: one logit with binary cross-entropy for two classes."""
 
     task = CLASSIFICATION
 
-    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if outputs.shape[1] == 1:
-            return F.binary_cross_entropy_with_logits(outputs.squeeze(1), target.float())
-        return F.cross_entropy(outputs, target)
 
-    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        if outputs.shape[1] == 1:
-            predicted = (outputs.squeeze(1) > 0).long()
-        else:
-            predicted = outputs.argmax(dim=1)
-        accuracy = (predicted == target).float().mean()
-        return {"loss": self.loss(outputs, target), "acc": accuracy}
-
-
-class Regressor(MLPTask):
+class Regressor(MLPModel):
     """Mean squared error on the standardized target; RMSE and MAE in the target's own units."""
 
     task = REGRESSION
@@ -148,17 +129,3 @@ class Regressor(MLPTask):
     def __init__(self, *args: Any, target_scale: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.target_scale = target_scale
-
-    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(outputs.squeeze(1), target)
-
-    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        error = outputs.squeeze(1) - target
-        mse = error.pow(2).mean()
-        variance = (target - target.mean()).pow(2).mean().clamp_min(1e-12)
-        return {
-            "loss": mse,
-            "rmse": mse.sqrt() * self.target_scale,
-            "mae": error.abs().mean() * self.target_scale,
-            "r2": 1 - mse / variance,
-        }

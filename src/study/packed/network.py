@@ -65,7 +65,7 @@ class StackedMLP(nn.Module):
         return torch.cat(parts).detach()
 
     def state_dict_of(self, flat: torch.Tensor, dropout: float = 0.0) -> dict[str, torch.Tensor]:
-        """`flat` as the state dict of `study.tasks.MLPTask` (keys `net.0.weight`, ...), so a
+        """`flat` as the state dict of `study.models.MLPModel` (keys `net.0.weight`, ...), so a
         member's checkpoint loads into the model a single run builds."""
         net = self._template(dropout)
         linears = [module for module in net if isinstance(module, nn.Linear)]

@@ -1,4 +1,5 @@
-"""study.packing: a run's config as a pack member, and a packed run's result and checkpoint."""
+"""study.packed.from_config: a run's config as a pack member, and a packed run's result and
+checkpoint."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from helpers import tiny
-from study.packed import train_pack
-from study.packing import PACKED, arch_of, fit_packed, is_packed, member_of
+from study.packed import PACKED, arch_of, fit_packed, is_packed, member_of, train_pack
 from study.prepare import prepare_data
 from study.train import build_model
 
@@ -30,10 +30,10 @@ def test_a_member_carries_the_runs_settings(make_cfg: MakeCfg) -> None:
     assert (member.seed, member.lr, member.dropout, member.key) == (3, 0.02, 0.25, "k")
     assert member.weight_decay == cfg.optimizer.weight_decay > 0
     assert member.batch_size == cfg.data.batch_size
-    assert member.max_epochs == 6
-    assert member.patience == cfg.trainer.early_stopping.patience
+    assert member.rules.max_epochs == 6
+    assert member.rules.patience == cfg.trainer.early_stopping.patience
     cfg.trainer.early_stopping.enabled = False
-    assert member_of(cfg).patience is None
+    assert member_of(cfg).rules.patience is None
     assert is_packed(cfg)
     assert not is_packed(make_cfg())
 

@@ -1,12 +1,9 @@
-"""Lightning callbacks: per-epoch metrics to MLflow in batches; epoch progress (a bar in a
-terminal, plain lines elsewhere)."""
+"""RunLog: a run's per-epoch metrics to MLflow in batches, as a Lightning run feeds it."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from helpers import tiny
-from study.callbacks import EpochProgress, MetricsLogger, TrialReporter
+from study.run_log import RunLog
 from study.tracking import tracked_run
 from study.train import fit
 
@@ -41,10 +38,15 @@ def _logged_run(
     client, experiment_id = experiment
     with (
         tracked_run(client, experiment_id) as run_id,
-        MetricsLogger(client, run_id, flush_every_s=flush_every_s) as logger,
+        RunLog(client, run_id, flush_every_s=flush_every_s) as logger,
     ):
         probe = StoreProbe(client, run_id)
-        result = fit(make_cfg(*tiny("trainer.max_epochs=5")), tmp_path / "out", [logger, probe])
+        result = fit(
+            make_cfg(*tiny("trainer.max_epochs=5")),
+            tmp_path / "out",
+            log=logger,
+            callbacks=[probe],
+        )
     return client, run_id, probe, result
 
 
@@ -73,7 +75,7 @@ def test_metrics_logger_flush_writes_what_it_buffered(
     client, experiment_id = experiment
 
     class FlushAtEpoch2(StoreProbe):
-        def __init__(self, logger: MetricsLogger) -> None:
+        def __init__(self, logger: RunLog) -> None:
             super().__init__(logger.client, logger.run_id)
             self.logger = logger
 
@@ -84,10 +86,15 @@ def test_metrics_logger_flush_writes_what_it_buffered(
 
     with (
         tracked_run(client, experiment_id) as run_id,
-        MetricsLogger(client, run_id, flush_every_s=1e6) as logger,
+        RunLog(client, run_id, flush_every_s=1e6) as logger,
     ):
         probe = FlushAtEpoch2(logger)
-        fit(make_cfg(*tiny("trainer.max_epochs=4")), tmp_path / "out", [logger, probe])
+        fit(
+            make_cfg(*tiny("trainer.max_epochs=4")),
+            tmp_path / "out",
+            log=logger,
+            callbacks=[probe],
+        )
     assert probe.seen == [0, 2, 2, 2]
     assert len(client.get_metric_history(run_id, "val/loss")) == 4
 
@@ -111,9 +118,9 @@ def test_metrics_logger_finish_sends_the_curve_final_metrics_and_tags_in_one_wri
     client = CountingClient(reader.tracking_uri)
     with (
         tracked_run(client, experiment_id) as run_id,
-        MetricsLogger(client, run_id, flush_every_s=1e6) as logger,
+        RunLog(client, run_id, flush_every_s=1e6) as logger,
     ):
-        result = fit(make_cfg(*tiny("trainer.max_epochs=3")), tmp_path / "out", [logger])
+        result = fit(make_cfg(*tiny("trainer.max_epochs=3")), tmp_path / "out", log=logger)
         writes_before = client.batches
         logger.finish({"best_epoch": result.best_epoch}, tags={"fit": "good"})
         assert client.batches == writes_before + 1
@@ -138,94 +145,15 @@ def test_a_failed_run_keeps_the_epochs_it_trained(
     with (
         pytest.raises(RuntimeError, match="disk on fire"),
         tracked_run(client, experiment_id) as run_id,
-        MetricsLogger(client, run_id, flush_every_s=1e6) as logger,
+        RunLog(client, run_id, flush_every_s=1e6) as logger,
     ):
         run_ids.append(run_id)
-        fit(make_cfg(*tiny("trainer.max_epochs=5")), tmp_path / "out", [logger, FailAtEpoch3()])
+        fit(
+            make_cfg(*tiny("trainer.max_epochs=5")),
+            tmp_path / "out",
+            log=logger,
+            callbacks=[FailAtEpoch3()],
+        )
     [run_id] = run_ids
     assert client.get_run(run_id).info.status == "FAILED"
     assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2, 3]
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def _train(progress: EpochProgress, epochs: int, max_epochs: int) -> None:
-    """Drive the callback through `epochs` epochs of a run allowed `max_epochs`."""
-    trainer: Any = SimpleNamespace(max_epochs=max_epochs)
-    module: Any = SimpleNamespace(history=[])
-    progress.on_train_start(trainer, module)
-    for epoch in range(1, epochs + 1):
-        module.history.append(
-            {"epoch": epoch, "val/loss": 1.0 / epoch, "val/acc": 0.5, "train/loss": 2.0 / epoch}
-        )
-        progress.on_train_epoch_end(trainer, module)
-    progress.on_train_end(trainer, module)
-
-
-def test_off_a_terminal_it_prints_a_plain_line_every_tenth_of_the_epochs() -> None:
-    log = io.StringIO()
-    _train(EpochProgress(log), epochs=30, max_epochs=30)
-    lines = log.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == [f"{e}/30" for e in range(3, 31, 3)]
-    assert lines[-1] == "epoch 30/30  train/loss 0.0667  val/loss 0.0333  val/acc 0.5000"
-    assert "\r" not in log.getvalue()
-
-
-def test_off_a_terminal_an_early_stop_prints_its_last_epoch() -> None:
-    log = io.StringIO()
-    _train(EpochProgress(log), epochs=7, max_epochs=30)
-    lines = log.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == ["3/30", "6/30", "7/30"]
-    assert lines[-1].endswith("(stopped)")
-
-
-def test_in_a_terminal_a_bar_counts_epochs_with_the_losses() -> None:
-    terminal = Terminal()
-    _train(EpochProgress(terminal), epochs=7, max_epochs=30)
-    screen = terminal.getvalue()
-    assert "\r" in screen  # one bar, redrawn in place
-    last = screen.rsplit("\r", 1)[-1]
-    assert last.startswith("7/30 epochs |")
-    assert last.rstrip().endswith(", train/loss 0.2857  val/loss 0.1429")
-    assert "1/1" not in screen
-
-
-class _Trial:
-    """The two calls TrialReporter makes on an Optuna trial."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[float, int]] = []
-
-    def report(self, value: float, step: int) -> None:
-        self.reports.append((value, step))
-
-    def should_prune(self) -> bool:
-        return False
-
-
-def _epoch(reporter: TrialReporter, train_loss: float, baseline: float = 0.7) -> Any:
-    trainer: Any = SimpleNamespace(should_stop=False)
-    module: Any = SimpleNamespace(
-        history=[{"epoch": 1, "train/loss": train_loss, "val/loss": 0.5}], baseline_loss=baseline
-    )
-    reporter.on_train_epoch_end(trainer, module)
-    return trainer
-
-
-def test_a_finite_training_loss_above_the_diverge_level_stops_the_trial_as_diverged() -> None:
-    reporter = TrialReporter(_Trial(), "val/loss", maximize=False, diverge_level=3.0)  # type: ignore[arg-type]
-    trainer = _epoch(reporter, train_loss=2.2)  # 2.2 > 3 x 0.7: finite, but exploded
-    assert trainer.should_stop
-    assert reporter.outcome_tags() == {"trial_state": "PRUNED", "reason": "diverged"}
-
-
-def test_a_training_loss_below_the_diverge_level_trains_on_and_is_reported() -> None:
-    trial = _Trial()
-    reporter = TrialReporter(trial, "val/loss", maximize=False, diverge_level=3.0)  # type: ignore[arg-type]
-    trainer = _epoch(reporter, train_loss=2.0)  # 2.0 < 2.1
-    assert not trainer.should_stop
-    assert trial.reports == [(0.5, 1)]
-    assert reporter.outcome_tags() == {"trial_state": "COMPLETE"}

@@ -3,13 +3,14 @@ through one epoch."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+from study.epochs import EpochJudge, EpochReport, EpochRules
 
 
 @dataclass
@@ -21,20 +22,23 @@ class Member:
     weight_decay: float = 0.0
     dropout: float = 0.0
     batch_size: int = 32
-    max_epochs: int = 50
-    patience: int | None = 10  # None: no early stopping
-    min_delta: float = 0.0
+    rules: EpochRules = field(default_factory=EpochRules)
+    report: EpochReport | None = None  # told each epoch's row (a trial's pruner)
     key: Any = None  # the caller's handle (e.g. an Optuna trial)
     history: list[dict[str, float]] = field(default_factory=list)
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    best_weights: torch.Tensor | None = None  # flat; `PackedTask.net.state_dict_of` unpacks it
+    judge: EpochJudge | None = None  # its epochs under `rules`, from its first epoch on
+    best_weights: torch.Tensor | None = None  # flat; `StackedMLP.state_dict_of` unpacks it
     final_weights: torch.Tensor | None = None
-    stop_reason: str | None = None  # diverged | early_stopped | max_epochs | failed | a hook's
-    error: Exception | None = None  # what the epoch hook raised, when stop_reason is "failed"
+    error: Exception | None = None  # what `report` raised, when stop_reason is FAILED
     test_metrics: dict[str, float] = field(default_factory=dict)
-    _stall_best: float = math.inf  # early stopping's reference (lowers by more than min_delta)
-    _stall_epochs: int = 0
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.judge.stop_reason if self.judge is not None else None
+
+    @property
+    def best_epoch(self) -> int:
+        return self.judge.best_epoch if self.judge is not None else 0
 
 
 # Offsets a member's dropout stream from its batch-order stream (both come from its seed).

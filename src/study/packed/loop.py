@@ -1,11 +1,13 @@
 """Packed trials: K members (trials of one architecture and optimizer type) trained at once.
 
-`PackedTask` trains a `StackedMLP`, an epoch of every active member at a time. Each member has
+`PackLoop` trains a `StackedMLP`, an epoch of every active member at a time. Each member has
 its own parameter group (lr, weight decay), dropout rate, batch size, initialization, batch
 order and dropout masks, drawn from its own seed only, so its numbers do not depend on which
 members share its pack: `train_alone` reproduces a packed member exactly on CPU. After each
-epoch a member may stop (diverged, a hook such as a pruner, early stopping, max_epochs); its
-slot takes the next member of the source.
+epoch each member's row is judged by the epoch rules every engine shares (study.epochs:
+divergence, its report such as a pruner, early stopping, max_epochs); a member that stops
+frees its slot for the next member of the source. Its loss and metrics are its task's
+(study.task), the code a single run calls.
 
 Rows: each member's mini-batches are `pad_rows` rows, its own batch size padded with masked-out
 rows, or (`pad_rows=None`) exactly its batch size, with one stacked pass per batch size a step.
@@ -14,44 +16,30 @@ rows, or (`pad_rows=None`) exactly its batch size, with one stacked pass per bat
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from study.data import CLASSIFICATION, REGRESSION, Split, Splits
-from study.packed_nets import Arch, StackedMLP, dropout_keep, ghosted
-from study.packed_schedule import EpochPlan, Group, Member, Slot
+from study.data import Split, Splits
+from study.epochs import EpochJudge
+from study.packed.network import Arch, StackedMLP, dropout_keep, ghosted
+from study.packed.schedule import EpochPlan, Group, Member, Slot
+from study.task import TASKS
 
 OptimizerRecipe = Callable[..., torch.optim.Optimizer]  # a functools.partial of a torch optimizer
 MemberSource = Callable[[], "Member | None"]
 
-EpochHook = Callable[[Member, dict[str, float]], "str | None"]  # returns a stop reason or None
-DoneHook = Callable[[Member], None]
+DoneHook = Callable[[Member], None]  # told each member's end
 
 
-@dataclass(frozen=True)
-class PackHooks:
-    """What a pack's driver hears and decides: each member's epochs (a stop reason or None),
-    each member's end, and the loss (x the baseline's) above which a member has diverged."""
-
-    on_epoch_end: EpochHook | None = None
-    on_member_done: DoneHook | None = None
-    diverge_level: float = 3.0
-
-
-class PackedTask:
+class PackLoop:
     """Trains members from `source` in `slots` slots until the source is exhausted.
 
     A plain loop, not a Lightning module: Lightning's Trainer would only run this loop (each
     member's optimization, stopping and checkpoint are its own), and importing Lightning cost
     each packed worker ~5 s of its start here, as much as importing torch and MLflow together.
     """
-
-    task: ClassVar[str]
 
     def __init__(
         self,
@@ -61,28 +49,20 @@ class PackedTask:
         source: MemberSource,
         slots: int,
         pad_rows: int | None = None,
-        hooks: PackHooks = PackHooks(),
+        on_member_done: DoneHook | None = None,
     ) -> None:
         self.device = splits.train.x.device
         self.net = StackedMLP(arch, slots).to(self.device)
         self.splits = splits
+        self.task = TASKS[splits.task]
+        self.baseline_loss = splits.baseline_loss()
         self.source = source
         self.pad_rows = pad_rows
-        self.hooks = hooks
-        self.divergence_limit = hooks.diverge_level * splits.baseline_loss()
+        self.on_member_done = on_member_done
         groups = [{"params": [p], "lr": 0.0, "weight_decay": 0.0} for p in self.net.slots]
         self.optimizer = optimizer(groups, **_fused_if_offered(optimizer))
         self.active: dict[int, Slot] = {}
         self.done: list[Member] = []
-
-    # Task-specific: per-row training losses and whole-split metrics, both per member.
-    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """[K, rows, out] outputs and [K, rows] targets -> [K, rows] losses."""
-        raise NotImplementedError
-
-    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[K, n, out] outputs of a whole split, [n] targets -> name: [K], `loss` first."""
-        raise NotImplementedError
 
     def train(self) -> list[Member]:
         """Every member of the source trained; the members in the order they finished."""
@@ -131,7 +111,7 @@ class PackedTask:
             params, train.x[index], train.y[index], mask, *([keep] if keep is not None else [])
         )
         outputs = self.net(flats, x, rest[0] if rest else None)
-        sums = torch.where(valid, self.row_losses(outputs, y), 0.0).sum(dim=1)[:n]
+        sums = torch.where(valid, self.task.row_losses(outputs, y), 0.0).sum(dim=1)[:n]
         losses = sums / counts
         group.loss_sums[:n] += losses.detach() * counts
         return losses.sum()
@@ -155,7 +135,7 @@ class PackedTask:
         """Metrics of a whole split per member (dropout off), one device sync for all."""
         k = len(flats)
         stacked, x = ghosted(flats, split.x.expand(k, -1, -1).contiguous())
-        metrics = self.metrics(self.net(stacked, x), split.y)
+        metrics = self.task.metrics(self.net(stacked, x), split.y, self.splits.target_scale)
         values = torch.stack([value[:k] for value in metrics.values()], dim=1).tolist()
         return [
             {f"{prefix}/{name}": v for name, v in zip(metrics, row, strict=True)} for row in values
@@ -163,34 +143,17 @@ class PackedTask:
 
     def _end_member_epoch(self, slot: Slot, values: dict[str, float]) -> None:
         member = slot.member
-        epoch = len(member.history) + 1
-        row = {"epoch": float(epoch), **values}
+        row = {"epoch": float(len(member.history) + 1), **values}
         member.history.append(row)
-        if row["val/loss"] < member.best_val_loss:  # False for NaN: never best
-            member.best_val_loss, member.best_epoch = row["val/loss"], epoch
-            member.best_weights = self.net.slots[slot.index].detach().clone()
-        reason = self._stop_reason(member, row)
-        if reason is not None:
-            member.stop_reason = reason
+        judge = member.judge
+        assert judge is not None  # made when the member took its slot
+        try:
+            if judge.end_epoch(row):
+                member.best_weights = self.net.slots[slot.index].detach().clone()
+        except Exception as error:  # its report failed: the member fails, its pack mates go on
+            member.error = error
+        if judge.stop_reason is not None:
             self._finish(slot)
-
-    def _stop_reason(self, member: Member, row: dict[str, float]) -> str | None:
-        train_loss = row["train/loss"]
-        if not (math.isfinite(train_loss) and math.isfinite(row["val/loss"])):
-            return "diverged"
-        if math.isfinite(self.divergence_limit) and train_loss > self.divergence_limit:
-            return "diverged"
-        if self.hooks.on_epoch_end is not None:
-            try:
-                reason = self.hooks.on_epoch_end(member, row)
-            except Exception as error:  # the member fails; its pack mates go on
-                member.error = error
-                return "failed"
-            if reason is not None:
-                return reason
-        if _stalled(member, row["val/loss"]):
-            return "early_stopped"
-        return "max_epochs" if row["epoch"] >= member.max_epochs else None
 
     def _finish(self, slot: Slot) -> None:
         """Best weights back, their test metrics; the slot is free for the next member."""
@@ -200,8 +163,8 @@ class PackedTask:
         member.test_metrics = self.evaluate([weights], self.splits.test, "test")[0]
         del self.active[slot.index]
         self.done.append(member)
-        if self.hooks.on_member_done is not None:
-            self.hooks.on_member_done(member)
+        if self.on_member_done is not None:
+            self.on_member_done(member)
 
     def _refill(self) -> None:
         """Free slots take the source's next members; a source with none now (None) is asked
@@ -222,74 +185,14 @@ class PackedTask:
         optimizer.state.pop(param, None)
         group = optimizer.param_groups[index]
         group["lr"], group["weight_decay"] = member.lr, member.weight_decay
+        member.judge = EpochJudge(member.rules, self.baseline_loss, member.report)
         self.active[index] = Slot(index, member, self.device)
-
-
-def _stalled(member: Member, val_loss: float) -> bool:
-    """Early stopping as Lightning's EarlyStopping(mode=min): no improvement by more than
-    min_delta for `patience` epochs."""
-    if member.patience is None:
-        return False
-    if val_loss - member.min_delta < member._stall_best:
-        member._stall_best, member._stall_epochs = val_loss, 0
-        return False
-    member._stall_epochs += 1
-    return member._stall_epochs >= member.patience
 
 
 def _fused_if_offered(recipe: OptimizerRecipe) -> dict[str, bool]:
     """Fused kernels where the optimizer has them: one call per member instead of a dozen."""
     target = getattr(recipe, "func", recipe)
     return {"fused": True} if "fused" in inspect.signature(target).parameters else {}
-
-
-class PackedClassifier(PackedTask):
-    """Logits + cross-entropy, one logit with binary cross-entropy for two classes."""
-
-    task = CLASSIFICATION
-
-    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if outputs.shape[2] == 1:
-            return F.binary_cross_entropy_with_logits(
-                outputs.squeeze(2), target.float(), reduction="none"
-            )
-        return F.cross_entropy(outputs.transpose(1, 2), target, reduction="none")
-
-    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        target = target.expand(outputs.shape[0], -1)
-        if outputs.shape[2] == 1:
-            predicted = (outputs.squeeze(2) > 0).long()
-        else:
-            predicted = outputs.argmax(dim=2)
-        accuracy = (predicted == target).float().mean(dim=1)
-        return {"loss": self.row_losses(outputs, target).mean(dim=1), "acc": accuracy}
-
-
-class PackedRegressor(PackedTask):
-    """Mean squared error on the standardized target; RMSE and MAE in the target's units."""
-
-    task = REGRESSION
-
-    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (outputs.squeeze(2) - target).pow(2)
-
-    def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        error = outputs.squeeze(2) - target
-        mse = error.pow(2).mean(dim=1)
-        variance = (target - target.mean()).pow(2).mean().clamp_min(1e-12)
-        scale = self.splits.target_scale
-        return {
-            "loss": mse,
-            "rmse": mse.sqrt() * scale,
-            "mae": error.abs().mean(dim=1) * scale,
-            "r2": 1 - mse / variance,
-        }
-
-
-TASKS: dict[str, type[PackedTask]] = {
-    CLASSIFICATION: PackedClassifier,
-    REGRESSION: PackedRegressor,
-}
 
 
 def train_pack(
@@ -299,20 +202,20 @@ def train_pack(
     optimizer: OptimizerRecipe,
     slots: int,
     pad_rows: int | None = None,
-    hooks: PackHooks = PackHooks(),
+    on_member_done: DoneHook | None = None,
 ) -> list[Member]:
     """Train `members` (an iterable, or a callable returning the next or None) `slots` at a
     time on `splits`; the members in the order they finished."""
     source = members if callable(members) else _next_of(iter(members))
-    return TASKS[splits.task](arch, splits, optimizer, source, slots, pad_rows, hooks).train()
+    return PackLoop(arch, splits, optimizer, source, slots, pad_rows, on_member_done).train()
 
 
 def train_alone(
     member: Member, splits: Splits, arch: Arch, optimizer: OptimizerRecipe,
-    pad_rows: int | None = None, hooks: PackHooks = PackHooks(),
+    pad_rows: int | None = None,
 ) -> Member:  # fmt: skip
     """One member through the packed code path: how a packed trial is reproduced."""
-    return train_pack([member], splits, arch, optimizer, 1, pad_rows, hooks)[0]
+    return train_pack([member], splits, arch, optimizer, 1, pad_rows)[0]
 
 
 def _next_of(members: Any) -> MemberSource:

@@ -1,4 +1,5 @@
-"""Lightning tasks: loss and metrics of the classifier and regressor on hand-made tensors."""
+"""Our Lightning models: the loss and metrics of the classifier and regressor (their task's,
+study.task) on hand-made tensors."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from study.data import CLASSIFICATION, REGRESSION
-from study.prepare import MODEL_TASKS
-from study.tasks import Classifier, Regressor
+from study.models import Classifier, Regressor
+from study.task import MODELS, TASKS
 
 
 def _sgd(params):
@@ -115,16 +116,15 @@ def test_a_sweep_accepts_exactly_the_metrics_each_model_logs_every_epoch(
     module: type[Classifier | Regressor], target: list[float]
 ) -> None:
     from study.data import Split
-    from study.sweep.plan import EPOCH_METRICS
 
     model = module(2, 1, _sgd, hidden_sizes=[4])
     split = Split(torch.zeros(4, 2), torch.tensor(target))
-    logged = {*model.evaluate(split, "val"), "train/loss"}  # as in MLPTask.training_step
-    assert set(EPOCH_METRICS[f"study.tasks.{module.__name__}"]) == logged
+    logged = {*model.evaluate(split, "val"), "train/loss"}  # as in MLPModel.training_step
+    assert set(TASKS[MODELS[f"study.models.{module.__name__}"]].epoch_metrics) == logged
 
 
 def test_the_tasks_known_without_importing_our_models_are_theirs() -> None:
-    """study.prepare names our models' tasks so that a packed worker need not import them."""
+    """study.task names our models' tasks so that a packed worker need not import them."""
     assert {
         f"{cls.__module__}.{cls.__qualname__}": cls.task for cls in (Classifier, Regressor)
-    } == MODEL_TASKS
+    } == MODELS
