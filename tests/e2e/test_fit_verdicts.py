@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from study.epochs import FitResult
 
 from helpers import all_runs
+from study.epochs import FitResult
 from study.paths import CONF_DIR
 from study.prepare import prepare_data
 from study.run import run_one

@@ -15,7 +15,7 @@ from helpers import TINY
 from study.errors import UserError
 from study.sweep.definition import check_same_study, encode
 from study.sweep.plan import AUTO_PACK, WORKERS_PER_PLACE, SweepPlan, pack_size
-from study.sweep.pool import Slot
+from study.sweep.pool import DeviceSlot
 from study.sweep.space import Param
 
 CORES = os.cpu_count() or 1
@@ -28,10 +28,10 @@ def no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_default_study_name_is_the_data_and_the_model(make_plan: MakePlan) -> None:
-    assert make_plan().study_name == "lecture-classifier"
+    assert make_plan().settings.study_name == "lecture-classifier"
     plan = make_plan("data=diabetes", "model=regressor")
-    assert plan.study_name == "diabetes-regressor"
-    assert plan.storage_url.endswith("study.journal")
+    assert plan.settings.study_name == "diabetes-regressor"
+    assert plan.settings.storage_url.endswith("study.journal")
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_an_unsafe_study_name_is_refused(make_plan: MakePlan, name: str) -> None
 
 
 def test_a_safe_study_name_is_kept(make_plan: MakePlan) -> None:
-    assert make_plan("sweep.study_name=Lr_sweep-2.v1").study_name == "Lr_sweep-2.v1"
+    assert make_plan("sweep.study_name=Lr_sweep-2.v1").settings.study_name == "Lr_sweep-2.v1"
 
 
 def test_a_metric_the_model_never_logs_is_refused(make_plan: MakePlan) -> None:
@@ -54,7 +54,7 @@ def test_a_metric_the_model_never_logs_is_refused(make_plan: MakePlan) -> None:
 
 def test_a_metric_the_model_logs_is_accepted(make_plan: MakePlan) -> None:
     plan = make_plan("data=diabetes", "model=regressor", "sweep.metric=val/r2")
-    assert plan.metric == "val/r2"
+    assert plan.settings.metric == "val/r2"
 
 
 def test_a_metric_one_searched_model_never_logs_is_refused(make_plan: MakePlan) -> None:
@@ -203,8 +203,8 @@ BATCH = Param("data.batch_size", Distributions.CategoricalDistribution([16, 128]
 DROPOUT = Param("model.dropout", Distributions.FloatDistribution(0.0, 0.5), False)
 WIDTH = Param("model.hidden_sizes", Distributions.CategoricalDistribution(["[8]", "[64]"]), False)
 OPTIMIZER = Param("optimizer", Distributions.CategoricalDistribution(["adam", "sgd"]), True)
-CPU2 = [Slot(0, None), Slot(1, None)]
-GPU1 = [Slot(0, "0")]
+CPU2 = [DeviceSlot(0, None), DeviceSlot(1, None)]
+GPU1 = [DeviceSlot(0, "0")]
 
 
 def _cfg(hidden_sizes: list[int] | None = None) -> DictConfig:

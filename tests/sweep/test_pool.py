@@ -11,9 +11,9 @@ import pytest
 
 from study.errors import UserError
 from study.sweep.pool import (
+    DeviceSlot,
     EarlyWorkers,
     EventPipe,
-    Slot,
     device_slots,
     threads_per_worker,
     visible_gpus,
@@ -53,7 +53,7 @@ def test_fewer_workers_than_gpus_use_the_first_gpus() -> None:
 @pytest.mark.usefixtures("no_gpus")
 def test_without_gpus_a_worker_count_gives_that_many_cpu_slots() -> None:
     slots = device_slots(3, 1, None)
-    assert slots == [Slot(0, None), Slot(1, None), Slot(2, None)]
+    assert slots == [DeviceSlot(0, None), DeviceSlot(1, None), DeviceSlot(2, None)]
 
 
 @pytest.mark.usefixtures("no_gpus")
@@ -64,8 +64,8 @@ def test_without_gpus_auto_gives_one_cpu_slot_per_core() -> None:
 
 
 def test_slot_labels_name_the_device() -> None:
-    assert Slot(0, "1").label == "cuda 1"
-    assert Slot(0, None).label == "cpu"
+    assert DeviceSlot(0, "1").label == "cuda 1"
+    assert DeviceSlot(0, None).label == "cpu"
 
 
 @pytest.mark.parametrize("workers", [0, -1])
@@ -117,7 +117,7 @@ def test_more_workers_than_cores_get_one_thread_each() -> None:
     assert threads_per_worker(CORES * 4) == 1
 
 
-SLOTS = [Slot(0, None), Slot(1, None)]
+SLOTS = [DeviceSlot(0, None), DeviceSlot(1, None)]
 
 
 def test_early_workers_not_taken_are_stopped_leaving_no_trace(tmp_path: Path) -> None:

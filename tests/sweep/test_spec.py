@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -10,14 +11,18 @@ import pytest
 
 from study.sweep.space import Param
 from study.sweep.spec import (
+    Command,
     Exhausted,
     Finished,
     Lost,
     Ready,
     Started,
+    StudySettings,
     WorkerSpec,
     decode_event,
     encode_event,
+    read_command,
+    send_command,
 )
 
 Distributions = optuna.distributions
@@ -25,32 +30,36 @@ Distributions = optuna.distributions
 
 def _spec() -> WorkerSpec:
     return WorkerSpec(
-        study_name="lecture",
-        storage="postgresql://u:secret@h/db",
-        sampler="tpe",
-        pruner="median",
-        seed=3,
-        direction="minimize",
-        metric="val/loss",
-        max_epochs=50,
-        n_trials=20,
-        retries=1,
-        heartbeat_s=10,
-        pack=8,
+        settings=StudySettings(
+            study_name="lecture",
+            storage_url="postgresql://u:secret@h/db",
+            sampler="tpe",
+            pruner="median",
+            seed=3,
+            direction="minimize",
+            metric="val/loss",
+            max_epochs=50,
+            n_trials=20,
+            retries=1,
+            heartbeat_s=10,
+            pack=8,
+            overrides=["data=wine"],
+            config_name="sweep",
+            conf_dir="/conf",
+            params=[
+                Param(
+                    "optimizer.lr", Distributions.FloatDistribution(1e-4, 1e-1, log=True), False
+                ),
+                Param("data.batch_size", Distributions.IntDistribution(16, 128, log=True), False),
+                Param("optimizer", Distributions.CategoricalDistribution(["adam", "sgd"]), True),
+            ],
+        ),
         in_flight=16,
         base_config={"optimizer": {"lr": 0.001}, "model": {"hidden_sizes": [32, 32]}},
-        overrides=["data=wine"],
-        config_name="sweep",
-        conf_dir="/conf",
         sweep_dir="/multirun/lecture",
         experiment_id="1",
         parent_run_id="abc",
         tracking_uri=None,
-        params=[
-            Param("optimizer.lr", Distributions.FloatDistribution(1e-4, 1e-1, log=True), False),
-            Param("data.batch_size", Distributions.IntDistribution(16, 128, log=True), False),
-            Param("optimizer", Distributions.CategoricalDistribution(["adam", "sgd"]), True),
-        ],
     )
 
 
@@ -79,3 +88,19 @@ def test_an_event_survives_its_one_line_encoding(event: object) -> None:
     line = encode_event(event)  # type: ignore[arg-type]
     assert "\n" not in line
     assert decode_event(line) == event
+
+
+def test_commands_cross_a_pipe_as_one_line_each_and_the_end_reads_as_none() -> None:
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as writer:
+        for command in Command:
+            send_command(writer, command)
+    with os.fdopen(read_fd) as reader:
+        assert [read_command(reader) for _ in range(4)] == [*Command, None]
+
+
+def test_a_command_to_a_worker_that_is_gone_is_dropped_quietly() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with os.fdopen(write_fd, "wb", buffering=0) as writer:
+        send_command(writer, Command.STOP)  # no BrokenPipeError: the pool sees its exit code

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from dataclasses import fields
 
 import optuna
 from mlflow.entities import Param as MlflowParam
@@ -42,31 +41,32 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming it
 def open_study(plan: SweepPlan, client: MlflowClient) -> optuna.Study:
     """The study, created with its definition or resumed if it means the same; UserError (and
     nothing written) if it is not the study `plan` describes."""
-    existing = storage_exists(plan.storage_url)
-    storage = make_storage(plan.storage_url, plan.heartbeat_s) if existing else None
-    if storage is None or plan.study_name not in optuna.get_all_study_names(storage):
+    settings = plan.settings
+    existing = storage_exists(settings.storage_url)
+    storage = make_storage(settings.storage_url, settings.heartbeat_s) if existing else None
+    if storage is None or settings.study_name not in optuna.get_all_study_names(storage):
         refuse_second_store(client, plan)
     study = optuna.create_study(
-        study_name=plan.study_name,
-        storage=storage or make_storage(plan.storage_url, plan.heartbeat_s),
-        direction=plan.direction,  # type: ignore[arg-type]  # checked in plan_sweep
+        study_name=settings.study_name,
+        storage=storage or make_storage(settings.storage_url, settings.heartbeat_s),
+        direction=settings.direction,  # type: ignore[arg-type]  # checked in plan_sweep
         load_if_exists=True,
-        sampler=make_sampler(plan.sampler, plan.seed),
-        pruner=make_pruner(plan.pruner, plan.max_epochs, plan.in_flight),
+        sampler=make_sampler(settings.sampler, settings.seed),
+        pruner=make_pruner(settings.pruner, settings.max_epochs, plan.in_flight),
     )
-    if study.direction.name.lower() != plan.direction:
+    if study.direction.name.lower() != settings.direction:
         raise UserError(
-            f"study {plan.study_name!r} exists with direction "
+            f"study {settings.study_name!r} exists with direction "
             f"{study.direction.name.lower()}: use another sweep.study_name"
         )
     recorded = study.user_attrs.get(DEFINITION_ATTR)
     if recorded is not None:
-        check_same_study(plan.study_name, recorded, plan.definition)
+        check_same_study(settings.study_name, recorded, plan.definition)
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    if finished > plan.n_trials:
+    if finished > settings.n_trials:
         raise UserError(
-            f"study {plan.study_name!r} has {finished} finished trials, more than sweep.n_trials="
-            f"{plan.n_trials}: set sweep.n_trials above {finished} to extend it"
+            f"study {settings.study_name!r} has {finished} finished trials, more than "
+            f"sweep.n_trials={settings.n_trials}: set sweep.n_trials above {finished} to extend it"
         )
     if recorded is None:  # a new study, or one made before studies recorded their definition
         study.set_user_attr(DEFINITION_ATTR, encode(plan.definition))
@@ -76,19 +76,20 @@ def open_study(plan: SweepPlan, client: MlflowClient) -> optuna.Study:
 def refuse_second_store(client: MlflowClient, plan: SweepPlan) -> None:
     """UserError if the study's MLflow experiment already holds a study kept in another store:
     a second parent run with a second "trial 0" would mix two studies in one experiment."""
-    experiment = client.get_experiment_by_name(plan.study_name)
+    settings = plan.settings
+    experiment = client.get_experiment_by_name(settings.study_name)
     if experiment is None:
         return
     parents = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.study = '{plan.study_name}' and tags.`sweep.storage` LIKE '%'",
+        filter_string=f"tags.study = '{settings.study_name}' and tags.`sweep.storage` LIKE '%'",
         max_results=1,
     )
-    storage = redact(plan.storage_url)
+    storage = redact(settings.storage_url)
     for parent in parents:
         if parent.data.tags["sweep.storage"] != storage:
             raise UserError(
-                f"study {plan.study_name!r} is kept in sweep.storage="
+                f"study {settings.study_name!r} is kept in sweep.storage="
                 f"{parent.data.tags['sweep.storage']!r}, not {storage!r}: use that storage to "
                 "resume it, or sweep.study_name=NAME for a new study"
             )
@@ -101,28 +102,31 @@ def open_parent_run(
 
     Hosts starting at once call this under the study's lock, so only the first creates it.
     """
+    settings = plan.settings
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
         try:
             experiment_id = client.get_run(run_id).info.experiment_id
         except MlflowException:
             raise UserError(
-                f"study {plan.study_name!r} is tracked in another MLflow store: its parent run "
-                f"{run_id} is not in {redact(store.uri)}; resume it with the tracking.uri it "
+                f"study {settings.study_name!r} is tracked in another MLflow store: its parent "
+                f"run {run_id} is not in {redact(store.uri)}; resume it with the tracking.uri it "
                 "started with, or start a new study with another sweep.study_name"
             ) from None
         client.update_run(run_id, status="RUNNING")
         return experiment_id, run_id
-    experiment_id = store.experiment_id(client, plan.study_name)
+    experiment_id = store.experiment_id(client, settings.study_name)
     tags = {
-        "study": plan.study_name,
-        "sweep.storage": redact(plan.storage_url),
-        "mlflow.note.content": f"Optuna study {plan.study_name}: one child run per trial",
+        "study": settings.study_name,
+        "sweep.storage": redact(settings.storage_url),
+        "mlflow.note.content": f"Optuna study {settings.study_name}: one child run per trial",
         **EXPERIMENT_KIND_TAG,
     }
-    run = client.create_run(experiment_id, run_name=f"study {plan.study_name}", tags=tags)
+    run = client.create_run(experiment_id, run_name=f"study {settings.study_name}", tags=tags)
     params = {f"sweep.{k}": redact(str(v)) for k, v in cfg.sweep.items()}
-    params.update({f"search.{p.path}": distribution_to_json(p.distribution) for p in plan.params})
+    params.update(
+        {f"search.{p.path}": distribution_to_json(p.distribution) for p in settings.params}
+    )
     client.log_batch(run.info.run_id, params=[MlflowParam(k, v[:6000]) for k, v in params.items()])
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     return experiment_id, run.info.run_id
@@ -133,47 +137,46 @@ def worker_spec(
 ) -> WorkerSpec:
     base = OmegaConf.to_container(plan.base_config, resolve=False)
     assert isinstance(base, dict)
-    shared = {f.name for f in fields(WorkerSpec)} & {f.name for f in fields(SweepPlan)}
     return WorkerSpec(
-        **{name: getattr(plan, name) for name in shared - {"base_config", "sweep_dir"}},
-        storage=plan.storage_url,
+        settings=plan.settings,
+        in_flight=plan.in_flight,
         base_config={str(key): value for key, value in base.items()},
         sweep_dir=str(plan.sweep_dir),
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         tracking_uri=tracking_uri,
-        in_flight=plan.in_flight,
     )
 
 
 def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
     `early` workers started for its slots where there are any."""
+    settings = plan.settings
     configure_process()
     store = Store.from_uri(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)
-    plan = plan.capped_to(plan.n_trials - read_tally(study, plan.n_trials).finished)
-    lock = StudyLock(plan.storage_url, plan.study_name)
+    plan = plan.capped_to(settings.n_trials - read_tally(study, settings.n_trials).finished)
+    lock = StudyLock(settings.storage_url, settings.study_name)
     with lock.held():  # hosts starting at the same moment: one parent run for the study
         experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
-    recovery = Recovery(study, lock, client, experiment_id, parent_run_id, plan.retries)
+    recovery = Recovery(study, lock, client, experiment_id, parent_run_id, settings.retries)
     # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED.
     previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     status = "FAILED"
     try:
         stale = recovery.fail_orphans()
-        tally = read_tally(study, plan.n_trials)
+        tally = read_tally(study, settings.n_trials)
         progress = ProgressLine(
-            plan.study_name, plan.n_trials, lambda: read_tally(study, plan.n_trials)
+            settings.study_name, settings.n_trials, lambda: read_tally(study, settings.n_trials)
         )
         print(
-            f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
+            f"study {settings.study_name}: {tally.finished}/{settings.n_trials} trials finished"
             f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
             f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
             f"{plan.workers_note}"
-            f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}; "
-            f"storage {redact(plan.storage_url)}",
+            f"{f', {settings.pack} trials packed in each' if settings.pack > 1 else ''}; "
+            f"storage {redact(settings.storage_url)}",
             flush=True,
         )
         scheduler = Scheduler(
@@ -189,7 +192,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
             early=early,
         )
         plotting = import_plotting_meanwhile()
-        if tally.finished < plan.n_trials:
+        if tally.finished < settings.n_trials:
             scheduler.run()
         progress.close()
         plotting.join()
@@ -202,13 +205,13 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
                 "(after python scripts/ui.py)"
             )
         if scheduler.stop_reason is not None:
-            raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
+            raise UserError(f"study {settings.study_name} stopped: {scheduler.stop_reason}")
         status = "FINISHED"
-        return read_tally(study, plan.n_trials)
+        return read_tally(study, settings.n_trials)
     except KeyboardInterrupt:
         status = "KILLED"
         print(
-            f"\nstudy {plan.study_name} interrupted: rerun the same command to resume",
+            f"\nstudy {settings.study_name} interrupted: rerun the same command to resume",
             file=sys.stderr,
         )
         raise

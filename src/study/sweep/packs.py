@@ -63,7 +63,7 @@ class PackRunner:
         try:
             self.prepared: PreparedData = prepare_data(self.base)  # every member's data
             client = self.runner.client
-            experiment_id = self.runner.store.experiment_id(client, self.spec.study_name)
+            experiment_id = self.runner.store.experiment_id(client, self.spec.settings.study_name)
             self.place = RunPlace(client, experiment_id, self.spec.parent_run_id)
         except Exception as error:  # as one at a time: each trial fails, saying why
             while (trial := self.next_trial(True)) is not None:
@@ -76,7 +76,7 @@ class PackRunner:
                 splits,
                 arch_of(self.base, splits.n_features, splits.n_outputs),
                 optimizer_of(self.base),
-                slots=self.spec.pack,
+                slots=self.spec.settings.pack,
                 on_member_done=self.on_member_done,
             )
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: every open run closes
@@ -105,7 +105,7 @@ class PackRunner:
             cfg,
             start.output_dir,
             start.overrides,
-            run_name=run_name(trial.number, self.spec.n_trials),
+            run_name=run_name(trial.number, self.spec.settings.n_trials),
             tags=start.tags,
             owns_folder=True,  # its config files and checkpoint, nothing else
         )

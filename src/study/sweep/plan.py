@@ -17,8 +17,9 @@ from study.config import compose_config, validate
 from study.errors import UserError
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
 from study.sweep.definition import study_definition
-from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
+from study.sweep.pool import DeviceSlot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.space import Param, parse_space, range_ends, set_values, trial_base_config
+from study.sweep.spec import StudySettings
 from study.task import MODELS, TASKS
 
 # The study name is a folder and a file name: a safe character set, no path of its own.
@@ -31,34 +32,19 @@ WORKERS_PER_PLACE = 2
 class SweepPlan:
     """Everything a sweep needs, checked before anything is written."""
 
-    study_name: str
-    n_trials: int
-    storage_url: str
-    sampler: str
-    pruner: str
-    seed: int
-    direction: str
-    metric: str
+    settings: StudySettings  # what its workers go by too
     max_failures: int
-    retries: int
-    heartbeat_s: int
-    pack: int  # trials a worker trains at once as one packed model
     threads: int
-    slots: list[Slot]
+    slots: list[DeviceSlot]
     workers_note: str  # why fewer workers run than sweep.workers asked for ("" if as asked)
-    params: list[Param]
     base_config: DictConfig  # a trial's run config before its sampled values are set
-    overrides: list[str]
-    config_name: str
-    conf_dir: str
     sweep_dir: Path
-    max_epochs: int
     definition: dict[str, Any]  # what the study means (study.sweep.definition)
 
     @property
     def in_flight(self) -> int:
         """Trials that train at once on this host: its workers' packs."""
-        return len(self.slots) * self.pack
+        return len(self.slots) * self.settings.pack
 
     def capped_to(self, trials_left: int) -> SweepPlan:
         """This plan with no more workers than trials left to run."""
@@ -100,8 +86,8 @@ def check_devices(devices: Sequence[Any] | None) -> None:
 
 
 def capped_slots(
-    slots: list[Slot], workers: Any, n_trials: int, trials_per_gpu: int
-) -> tuple[list[Slot], str]:
+    slots: list[DeviceSlot], workers: Any, n_trials: int, trials_per_gpu: int
+) -> tuple[list[DeviceSlot], str]:
     """No more workers than trials, nor than WORKERS_PER_PLACE per core or GPU slot; and why."""
     gpus = {slot.device for slot in slots if slot.device is not None}
     places = len(gpus) * trials_per_gpu if gpus else os.cpu_count() or 1
@@ -132,7 +118,7 @@ GENERATIONS = 8
 
 
 def pack_size(
-    setting: Any, cfg: DictConfig, params: list[Param], n_trials: int, slots: list[Slot]
+    setting: Any, cfg: DictConfig, params: list[Param], n_trials: int, slots: list[DeviceSlot]
 ) -> int:
     """`sweep.pack`: a number, or auto (an eighth of the study's trials spread over the workers,
     up to a cap for the device; 1 where the search space changes what a pack must share)."""
@@ -215,28 +201,30 @@ def plan_sweep(
     _check_range_ends(cfg, params, overrides, conf_dir, config_name, metric)
     base_config = trial_base_config(cfg, study_name)
     return SweepPlan(
-        study_name=study_name,
-        n_trials=n_trials,
-        storage_url=storage_url,
-        sampler=str(settings.sampler),
-        pruner=str(settings.pruner),
-        seed=int(settings.seed),
-        direction=str(settings.direction),
-        metric=metric,
+        settings=StudySettings(
+            study_name=study_name,
+            storage_url=storage_url,
+            sampler=str(settings.sampler),
+            pruner=str(settings.pruner),
+            seed=int(settings.seed),
+            direction=str(settings.direction),
+            metric=metric,
+            max_epochs=int(cfg.trainer.max_epochs),
+            n_trials=n_trials,
+            retries=retries,
+            heartbeat_s=heartbeat_s,
+            pack=pack_size(settings.get("pack", 1), cfg, params, n_trials, slots),
+            params=params,
+            overrides=list(overrides),
+            config_name=config_name,
+            conf_dir=conf_dir,
+        ),
         max_failures=max_failures,
-        retries=retries,
-        heartbeat_s=heartbeat_s,
-        pack=pack_size(settings.get("pack", 1), cfg, params, n_trials, slots),
         threads=threads,
         slots=slots,
         workers_note=workers_note,
-        params=params,
         base_config=base_config,
-        overrides=list(overrides),
-        config_name=config_name,
-        conf_dir=conf_dir,
         sweep_dir=sweep_dir,
-        max_epochs=int(cfg.trainer.max_epochs),
         definition=study_definition(
             base_config, params, metric, str(settings.direction), group_choices
         ),

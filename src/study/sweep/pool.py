@@ -22,6 +22,7 @@ from typing import Any
 from study.errors import UserError
 from study.sweep.spec import (
     WORKER_MODULE,
+    Command,
     Event,
     Exhausted,
     Finished,
@@ -29,13 +30,14 @@ from study.sweep.spec import (
     Ready,
     Started,
     decode_event,
+    send_command,
 )
 
 MAX_REPLACEMENTS_PER_SLOT = 3
 
 
 @dataclass(frozen=True)
-class Slot:
+class DeviceSlot:
     """One worker's place: a CUDA device id (as CUDA_VISIBLE_DEVICES sees it) or the CPU."""
 
     index: int
@@ -61,7 +63,7 @@ def visible_gpus() -> list[str]:
 
 def device_slots(
     workers: int | str, trials_per_gpu: int, devices: Sequence[Any] | None = None
-) -> list[Slot]:
+) -> list[DeviceSlot]:
     """Slots for `workers` (a number, or auto: GPUs x trials_per_gpu, else one per core)."""
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)):
         raise UserError(f"sweep.workers={workers!r} is not allowed: use auto or a number >= 1")
@@ -77,9 +79,9 @@ def device_slots(
     if gpus:
         per_gpu = [gpu for _ in range(trials_per_gpu) for gpu in gpus]  # spread before sharing
         count = len(per_gpu) if workers == "auto" else int(workers)
-        return [Slot(index, per_gpu[index % len(per_gpu)]) for index in range(count)]
+        return [DeviceSlot(index, per_gpu[index % len(per_gpu)]) for index in range(count)]
     count = (os.cpu_count() or 1) if workers == "auto" else int(workers)
-    return [Slot(index, None) for index in range(count)]
+    return [DeviceSlot(index, None) for index in range(count)]
 
 
 def threads_per_worker(n_workers: int) -> int:
@@ -128,7 +130,7 @@ class EventPipe:
 
 @dataclass
 class Worker:
-    slot: Slot
+    slot: DeviceSlot
     process: subprocess.Popen[bytes]
     events: EventPipe
     log_path: Path
@@ -137,20 +139,16 @@ class Worker:
     exhausted: bool = False  # it found every trial taken and exits
     done: bool = False
 
-    def send(self, command: str) -> None:
+    def send(self, command: Command) -> None:
         assert self.process.stdin is not None
-        try:
-            self.process.stdin.write(f"{command}\n".encode())
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass  # it died; the supervisor notices through its exit code
+        send_command(self.process.stdin, command)
 
 
-def worker_log(log_dir: Path, slot: Slot) -> Path:
+def worker_log(log_dir: Path, slot: DeviceSlot) -> Path:
     return log_dir / f"worker_{slot.index}.log"
 
 
-def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
+def start_worker(slot: DeviceSlot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
     """A worker process for `slot`. It imports what it needs (~4 s), then waits for "start"
     before it reads `spec_path`: it may be started before the spec is written."""
     read_fd, write_fd = os.pipe()
@@ -198,7 +196,7 @@ class EarlyWorkers:
     are removed.
     """
 
-    def __init__(self, slots: Sequence[Slot], sweep_dir: Path, threads: int) -> None:
+    def __init__(self, slots: Sequence[DeviceSlot], sweep_dir: Path, threads: int) -> None:
         self.new_folder = None if sweep_dir.exists() else sweep_dir
         self.new_logs = {log for s in slots if not (log := worker_log(sweep_dir, s)).exists()}
         spec_path = sweep_dir / SPEC_FILE
@@ -210,7 +208,7 @@ class EarlyWorkers:
     def __exit__(self, *exc_info: object) -> None:
         self.stop_the_rest()
 
-    def take(self, slot: Slot) -> Worker | None:
+    def take(self, slot: DeviceSlot) -> Worker | None:
         return self.waiting.pop(slot, None)
 
     def stop_the_rest(self) -> None:
@@ -243,7 +241,7 @@ class Scheduler:
     queues their retries) and replaced on the same device.
     """
 
-    slots: Sequence[Slot]
+    slots: Sequence[DeviceSlot]
     spec_path: Path
     log_dir: Path
     max_failures: int
@@ -261,11 +259,11 @@ class Scheduler:
     def __post_init__(self) -> None:
         self.threads = self.threads or threads_per_worker(len(self.slots))
 
-    def _start(self, slot: Slot) -> None:
+    def _start(self, slot: DeviceSlot) -> None:
         assert self.threads is not None
         worker = self.early.take(slot) if self.early else None
         worker = worker or start_worker(slot, self.spec_path, self.log_dir, self.threads)
-        worker.send("start")  # the spec is written
+        worker.send(Command.START)  # the spec is written
         self.workers.append(worker)
         self.selector.register(worker.events, selectors.EVENT_READ, worker)
 
@@ -277,7 +275,7 @@ class Scheduler:
                 f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
                 f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
             )
-        worker.send("stop" if self.stop_reason else "trial")
+        worker.send(Command.STOP if self.stop_reason else Command.TRIAL)
 
     def _handle(self, worker: Worker, event: Event) -> None:
         if isinstance(event, Ready):
@@ -347,7 +345,7 @@ class Scheduler:
         """Stop every worker: ask, then SIGTERM (runs close KILLED), then SIGKILL."""
         for worker in self.workers:
             if worker.process.poll() is None:
-                worker.send("stop")
+                worker.send(Command.STOP)
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.terminate()
         for worker in self.workers:

@@ -1,5 +1,6 @@
-"""The contract between a sweep's parent and its workers: the spec they start from, and the
-events they report back, one JSON line each.
+"""The contract between a sweep's parent and its workers: the settings both go by, the spec a
+worker starts from, the commands the parent sends on a worker's stdin, and the events workers
+report back, one JSON line each.
 """
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from optuna.distributions import distribution_to_json, json_to_distribution
 
@@ -18,11 +20,11 @@ WORKER_MODULE = "study.sweep.worker"  # python -m WORKER_MODULE SPEC INDEX EVENT
 
 
 @dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs to load the study and run its trials."""
+class StudySettings:
+    """What a study's parent (its plan) and its workers (their spec) both go by."""
 
     study_name: str
-    storage: str  # the real URL, password included: the file is readable by its owner only
+    storage_url: str  # the real URL, password included: the spec file is its owner's only
     sampler: str
     pruner: str
     seed: int  # worker i samples with seed + i
@@ -33,18 +35,12 @@ class WorkerSpec:
     retries: int
     heartbeat_s: int
     pack: int  # trials a worker trains at once (1: one at a time)
-    in_flight: int  # trials that train at once on this host: workers x pack
-    base_config: dict[str, Any]  # a trial's run config before its sampled values are set
+    params: list[Param]
     overrides: list[str]  # the command line's overrides: composed again when a group is sampled
     config_name: str
     conf_dir: str
-    sweep_dir: str
-    experiment_id: str
-    parent_run_id: str
-    tracking_uri: str | None
-    params: list[Param]
 
-    def to_json(self) -> str:
+    def to_plain(self) -> dict[str, Any]:
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
         plain["params"] = [
             {
@@ -54,16 +50,37 @@ class WorkerSpec:
             }
             for p in self.params
         ]
-        return json.dumps(plain)
+        return plain
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> StudySettings:
+        params = [
+            Param(p["path"], json_to_distribution(p["distribution"]), p["is_group"])
+            for p in plain["params"]
+        ]
+        return cls(**{**plain, "params": params})
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load the study and run its trials."""
+
+    settings: StudySettings
+    in_flight: int  # trials that train at once on this host: workers x pack
+    base_config: dict[str, Any]  # a trial's run config before its sampled values are set
+    sweep_dir: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str | None
+
+    def to_json(self) -> str:
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+        return json.dumps({**plain, "settings": self.settings.to_plain()})
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         plain = json.loads(text)
-        plain["params"] = [
-            Param(p["path"], json_to_distribution(p["distribution"]), p["is_group"])
-            for p in plain["params"]
-        ]
-        return cls(**plain)
+        return cls(**{**plain, "settings": StudySettings.from_plain(plain["settings"])})
 
     def write(self, path: Path) -> Path:
         """Write the spec readable by its owner only, from the first byte on (a chmod after
@@ -77,6 +94,29 @@ class WorkerSpec:
     @classmethod
     def read(cls, path: Path) -> WorkerSpec:
         return cls.from_json(path.read_text())
+
+
+class Command(StrEnum):
+    """What the parent tells a worker on its stdin, one line each."""
+
+    START = "start"  # the spec is written: read it and load the study
+    TRIAL = "trial"  # go ahead: claim one more trial
+    STOP = "stop"  # take no more trials
+
+
+def send_command(stream: IO[bytes], command: Command) -> None:
+    """`command` to a worker's stdin; a worker that died is noticed by its exit, not here."""
+    try:
+        stream.write(f"{command}\n".encode())
+        stream.flush()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def read_command(stream: IO[str]) -> Command | None:
+    """The parent's next command; None at the end of the stream (the parent is gone)."""
+    line = stream.readline().strip()
+    return Command(line) if line else None
 
 
 @dataclass(frozen=True)

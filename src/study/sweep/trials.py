@@ -115,22 +115,27 @@ class TrialRunner:
         base = self.base
         if groups:
             composed = compose_config(
-                self.spec.conf_dir, self.spec.config_name, [*self.spec.overrides, *groups]
+                self.spec.settings.conf_dir,
+                self.spec.settings.config_name,
+                [*self.spec.settings.overrides, *groups],
             )
-            base = trial_base_config(composed, self.spec.study_name)
+            base = trial_base_config(composed, self.spec.settings.study_name)
         return set_values(base, values)
 
     def start(self, trial: optuna.Trial) -> TrialStart:
         """Sample the claimed `trial` and say so: the parent now counts it as this worker's."""
         self.emit(Started(trial.number))
         trial.set_user_attr("device", os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu")
-        values = [(param, param.suggest(trial)) for param in self.spec.params]
-        overrides = [*self.spec.overrides, *(param.override(value) for param, value in values)]
+        values = [(param, param.suggest(trial)) for param in self.spec.settings.params]
+        overrides = [
+            *self.spec.settings.overrides,
+            *(param.override(value) for param, value in values),
+        ]
         trial.set_user_attr("overrides", [redact(item) for item in overrides])  # no passwords
         output_dir = Path(self.spec.sweep_dir) / f"trial_{trial.number}"
         trial.set_user_attr("output_dir", str(output_dir))
         tags = {
-            "study": self.spec.study_name,
+            "study": self.spec.settings.study_name,
             "trial_number": str(trial.number),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "worker": str(self.index),
@@ -139,7 +144,12 @@ class TrialRunner:
 
     def report(self, trial: optuna.Trial) -> TrialReport:
         spec = self.spec
-        return TrialReport(trial, spec.metric, spec.direction == "maximize", spec.pruner != "none")
+        return TrialReport(
+            trial,
+            spec.settings.metric,
+            spec.settings.direction == "maximize",
+            spec.settings.pruner != "none",
+        )
 
     def objective(self, trial: optuna.Trial) -> tuple[optuna.trial.TrialState, float | None]:
         """Train the claimed `trial` as one run; its state and value."""
@@ -149,7 +159,7 @@ class TrialRunner:
             start.cfg,
             start.output_dir,
             start.overrides,
-            run_name=run_name(trial.number, self.spec.n_trials),
+            run_name=run_name(trial.number, self.spec.settings.n_trials),
             parent_run_id=self.spec.parent_run_id,
             tags=start.tags,
             report=report,

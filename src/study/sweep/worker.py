@@ -23,14 +23,14 @@ from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_stor
 from study.sweep.claims import claim_trial
 from study.sweep.packs import PackRunner
 from study.sweep.recovery import StaleTrialCallback
-from study.sweep.spec import Exhausted, Ready, WorkerSpec
+from study.sweep.spec import Command, Exhausted, Ready, WorkerSpec, read_command
 from study.sweep.trials import TrialRunner
 from study.tracking import configure_process
 
 
 def main(argv: list[str]) -> int:
     spec_path, index, events_fd = Path(argv[0]), int(argv[1]), int(argv[2])
-    if sys.stdin.readline().strip() != "start":  # started early, then not needed
+    if read_command(sys.stdin) != Command.START:  # started early, then not needed
         return 0
     spec = WorkerSpec.read(spec_path)
     configure_process()
@@ -41,16 +41,16 @@ def main(argv: list[str]) -> int:
     try:
         runner = TrialRunner(spec, index, events_fd)
         on_stale = StaleTrialCallback(
-            runner.client, spec.experiment_id, spec.parent_run_id, spec.retries
+            runner.client, spec.experiment_id, spec.parent_run_id, spec.settings.retries
         )
-        storage = make_storage(spec.storage, spec.heartbeat_s, on_stale)
+        storage = make_storage(spec.settings.storage_url, spec.settings.heartbeat_s, on_stale)
         study = optuna.load_study(
-            study_name=spec.study_name,
+            study_name=spec.settings.study_name,
             storage=storage,
-            sampler=make_sampler(spec.sampler, spec.seed + index),
-            pruner=make_pruner(spec.pruner, spec.max_epochs, spec.in_flight),
+            sampler=make_sampler(spec.settings.sampler, spec.settings.seed + index),
+            pruner=make_pruner(spec.settings.pruner, spec.settings.max_epochs, spec.in_flight),
         )
-        lock = StudyLock(spec.storage, spec.study_name)
+        lock = StudyLock(spec.settings.storage_url, spec.settings.study_name)
 
         go_aheads = 0  # "trial" lines from the parent not yet spent on a trial
         stopped = False  # the parent said stop, or the study has no trial left for us
@@ -62,11 +62,11 @@ def main(argv: list[str]) -> int:
             if stopped:
                 return None
             if not go_aheads:
-                if sys.stdin.readline().strip() != "trial":
+                if read_command(sys.stdin) != Command.TRIAL:
                     stopped = True
                     return None
                 go_aheads += 1
-            trial = claim_trial(study, storage, spec.n_trials, lock, wait)
+            trial = claim_trial(study, storage, spec.settings.n_trials, lock, wait)
             if trial is not None:
                 go_aheads -= 1
             elif wait:
@@ -74,8 +74,8 @@ def main(argv: list[str]) -> int:
                 runner.emit(Exhausted())
             return trial
 
-        runner.emit(Ready(slots=spec.pack))
-        if spec.pack > 1:
+        runner.emit(Ready(slots=spec.settings.pack))
+        if spec.settings.pack > 1:
             PackRunner(runner, study, storage, next_trial).run()
         else:
             while (trial := next_trial()) is not None:
