@@ -256,7 +256,8 @@ def bench_tracking(
     def tracked_fit(case: str, flush_every_s: float | None) -> None:
         # As run_one does it, the run created beforehand: the curves buffered by its RunLog
         # (None: no curves), then one write of what is left, the final metrics and the tags.
-        with TimedRunLog(client, run_ids.pop(), flush_every_s or 0.0) as curves:
+        curves = TimedRunLog(client, run_ids.pop(), flush_every_s or 0.0)
+        with curves:
             log = curves if flush_every_s is not None else None
             result = fit(cfg, root / "logged", prepared, log=log)
             curves.finish(result.summary(), {"fit": result.diagnosis.verdict})

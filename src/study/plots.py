@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from study.diagnosis import best_row
+from study.diagnosis import CURVES, best_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -156,7 +156,7 @@ def _shared_top(panels: Sequence[Panel]) -> float | None:
         row[key]
         for panel in calm
         for row in panel.history
-        for key in ("train/loss", "val/loss")
+        for key in CURVES
         if math.isfinite(row[key])
     ]
     values += [p.baseline for p in panels if p.baseline is not None and math.isfinite(p.baseline)]

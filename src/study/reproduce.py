@@ -13,12 +13,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import check_stored_config, validate
+from study.diagnosis import CURVES  # compared epoch by epoch, not only at the end
 from study.errors import UserError
 from study.run import CONFIG_ARTIFACT, run_one
 from study.tracking import RUN_STORE_HINT, Store, find_run
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
-CURVES = ("train/loss", "val/loss")  # compared epoch by epoch, not only at the end
 
 
 def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictConfig, str]:

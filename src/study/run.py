@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
 
 import torch
 import yaml
@@ -100,7 +99,7 @@ class RunPlace:
     parent_run_id: str | None = None
 
 
-class OpenRun:
+class OpenRun(contextlib.AbstractContextManager["OpenRun"]):
     """A tracked run from its opening to its terminal status.
 
     Opened: its config files written, its MLflow run created with tags and params, its metrics
@@ -141,9 +140,6 @@ class OpenRun:
         )
         self.log = RunLog(client, self.run_id, float(cfg.tracking.flush_every_s))
         self._stack.push(self.log)  # flushed before the run's status is set
-
-    def __enter__(self) -> Self:
-        return self
 
     def __exit__(
         self,

@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Self
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
@@ -17,7 +16,7 @@ from study.tracking import clean_number, final_metrics, redacted_tags
 _MAX_BATCH = 1000  # metrics and tags together in one MLflow log_batch
 
 
-class RunLog:
+class RunLog(contextlib.AbstractContextManager["RunLog"]):
     """Sends a run's epochs' metrics (step = epoch) to MLflow in batches.
 
     One `log_batch` per `flush_every_s` seconds instead of one write per metric per epoch:
@@ -33,9 +32,6 @@ class RunLog:
         self._pending: list[Metric] = []
         self._sent_epochs = 0
         self._last_flush = time.monotonic()
-
-    def __enter__(self) -> Self:
-        return self
 
     def __exit__(
         self,

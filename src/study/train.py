@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
 from study.data import REGRESSION, Splits
+from study.diagnosis import CURVES
 from study.epochs import EpochJudge, EpochReport, EpochRules, FitResult
 from study.models import EpochLoader, MLPModel, epoch_history
 from study.prepare import PreparedData, device_name, prepare_data
@@ -182,7 +183,7 @@ class EpochProgress(pl.Callback):
         row = epoch_history(pl_module)[-1]
         epoch = int(row["epoch"])
         if self._bar is not None:
-            losses = {name: row[name] for name in ("train/loss", "val/loss")}
+            losses = {name: row[name] for name in CURVES}
             self._bar.set_postfix_str(_epoch_values(losses), refresh=False)
             self._bar.update(epoch - self._bar.n)
         elif epoch % self._every == 0 or epoch == trainer.max_epochs:

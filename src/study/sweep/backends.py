@@ -25,7 +25,11 @@ SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def quiet_optuna() -> None:
+    """No line per trial from Optuna: the sweep prints its own progress. Called by the sweep's
+    parent and each worker."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:

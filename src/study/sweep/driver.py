@@ -24,6 +24,7 @@ from study.sweep.backends import (
     make_pruner,
     make_sampler,
     make_storage,
+    quiet_optuna,
     storage_exists,
 )
 from study.sweep.definition import DEFINITION_ATTR, check_same_study, encode
@@ -153,6 +154,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
     `early` workers started for its slots where there are any."""
     settings = plan.settings
     configure_process()
+    quiet_optuna()
     store = Store.from_uri(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)

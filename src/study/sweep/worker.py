@@ -19,7 +19,7 @@ import optuna
 import torch
 
 from study.errors import exit_now, report
-from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage
+from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage, quiet_optuna
 from study.sweep.claims import claim_trial
 from study.sweep.packs import PackRunner
 from study.sweep.recovery import StaleTrialCallback
@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
         return 0
     spec = WorkerSpec.read(spec_path)
     configure_process()
+    quiet_optuna()
     torch.set_num_threads(int(os.environ.get("STUDY_WORKER_THREADS", "1")))
     # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
