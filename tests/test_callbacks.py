@@ -4,6 +4,7 @@ terminal, plain lines elsewhere)."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -206,10 +207,13 @@ class _Trial:
         return False
 
 
-def _epoch(reporter: TrialReporter, train_loss: float, baseline: float = 0.7) -> Any:
+def _epoch(
+    reporter: TrialReporter, train_loss: float, baseline: float = 0.7, val_loss: float = 0.5
+) -> Any:
     trainer: Any = SimpleNamespace(should_stop=False)
     module: Any = SimpleNamespace(
-        history=[{"epoch": 1, "train/loss": train_loss, "val/loss": 0.5}], baseline_loss=baseline
+        history=[{"epoch": 1, "train/loss": train_loss, "val/loss": val_loss}],
+        baseline_loss=baseline,
     )
     reporter.on_train_epoch_end(trainer, module)
     return trainer
@@ -229,3 +233,12 @@ def test_a_training_loss_below_the_diverge_level_trains_on_and_is_reported() -> 
     assert not trainer.should_stop
     assert trial.reports == [(0.5, 1)]
     assert reporter.outcome_tags() == {"trial_state": "COMPLETE"}
+
+
+def test_a_nan_validation_loss_with_a_finite_training_loss_stops_the_trial_as_diverged() -> None:
+    trial = _Trial()
+    reporter = TrialReporter(trial, "val/loss", maximize=False, diverge_level=3.0)  # type: ignore[arg-type]
+    trainer = _epoch(reporter, train_loss=0.5, val_loss=math.nan)
+    assert trainer.should_stop
+    assert trial.reports == []  # a NaN is never reported as the trial's best
+    assert reporter.outcome_tags() == {"trial_state": "PRUNED", "reason": "diverged"}
