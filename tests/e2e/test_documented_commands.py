@@ -179,7 +179,7 @@ def test_the_docs_and_configs_show_the_commands_a_newcomer_needs() -> None:
         "python scripts/run.py --help",
         "python scripts/run.py data=csv data.path=docs/grades.csv data.target=passed",
         "python scripts/run.py -m sweep",
-        "python scripts/run.py -m sweep search.model.dropout.high=0.3",
+        "python scripts/run.py -m sweep search.model.dropout.high=0.3 sweep.study_name=narrow",
         "python scripts/run.py -m sweep sweep.timeout=600",
         "python scripts/run.py --config-dir multirun/lecture-classifier --config-name best_config",
         "python scripts/run.py -m compare preset=balanced,wide",
