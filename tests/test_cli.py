@@ -117,7 +117,7 @@ def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return capsys.readouterr().out
 
 
-def test_help_lists_the_commands_config_groups_and_keys_as_the_readme_shows(
+def test_help_lists_the_commands_config_groups_and_keys_as_the_docs_show(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # run_hydra sets it; restored after the test
@@ -136,8 +136,8 @@ def test_help_lists_the_commands_config_groups_and_keys_as_the_readme_shows(
         "README.md",
     ]:
         assert fragment in shown, fragment
-    readme = (ROOT / "README.md").read_text()
-    assert f"```text\n{shown.rstrip()}\n```" in readme  # README.md shows it as it is
+    page = (ROOT / "docs" / "runs.md").read_text()
+    assert f"```text\n{shown.rstrip()}\n```" in page  # docs/runs.md shows it as it is
 
 
 def test_help_shows_the_values_of_the_command_line(

@@ -151,6 +151,12 @@ def test_a_non_finite_loss_is_diverged(bad: float) -> None:
     assert d.best_epoch == 2
 
 
+def test_a_nan_validation_loss_with_a_finite_training_loss_is_diverged() -> None:
+    d = diagnose([0.7, 0.5, 0.4], [0.7, 0.5, math.nan], T, baseline=0.7)
+    assert d.verdict == DIVERGED
+    assert "epoch 3" in d.reason
+
+
 def test_train_loss_exactly_at_the_diverge_level_is_not_diverged() -> None:
     d = diagnose([3.0, 0.5, 0.4], [0.6, 0.5, 0.45], T, baseline=1.0)
     assert d.verdict != DIVERGED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -9,7 +10,7 @@ from collections.abc import Callable, Mapping
 import pytest
 import torch
 
-from study.data import CLASSIFICATION, REGRESSION, LectureData, SklearnData, Splits
+from study.data import CLASSIFICATION, REGRESSION, LectureData, SklearnData, Split, Splits
 from study.epochs import EpochRules
 from study.models import Classifier
 from study.packed import Arch, Member, StackedMLP, train_alone, train_pack
@@ -119,6 +120,51 @@ def test_a_member_that_blows_up_stops_as_diverged_and_leaves_its_mates_untouched
     for member in with_wild[1:]:
         assert member.history == without[member.seed].history
         assert all(math.isfinite(row["train/loss"]) for row in member.history)
+
+
+def test_each_member_decays_its_weights_by_its_own_weight_decay(lecture: Splits) -> None:
+    plain = Member(seed=6, lr=0.05, rules=EpochRules(max_epochs=4, patience=None))
+    decayed = Member(
+        seed=6, lr=0.05, weight_decay=0.5, rules=EpochRules(max_epochs=4, patience=None)
+    )
+    train_pack([plain, decayed], lecture, ARCH, SGD, slots=2)
+    assert plain.final_weights is not None and decayed.final_weights is not None
+    assert decayed.final_weights.norm() < 0.9 * plain.final_weights.norm()
+    assert decayed.history[-1]["train/loss"] != plain.history[-1]["train/loss"]
+    # The decay is the member's own: alone, the plain member learns exactly as beside it.
+    alone = train_alone(
+        Member(seed=6, lr=0.05, rules=EpochRules(max_epochs=4, patience=None)), lecture, ARCH, SGD
+    )
+    assert alone.history == plain.history
+
+
+def test_a_finite_training_loss_above_the_diverge_level_stops_the_member_as_diverged(
+    lecture: Splits,
+) -> None:
+    # 0.5 x the baseline: the first epoch's loss of any member is above it, and finite.
+    low_level = EpochRules(max_epochs=4, diverge_level=0.5)
+    (low,) = train_pack([Member(seed=7, lr=1e-3, rules=low_level)], lecture, ARCH, ADAM, 1)
+    assert (low.stop_reason, len(low.history)) == ("diverged", 1)
+    assert math.isfinite(low.history[0]["train/loss"])
+    assert low.history[0]["train/loss"] > 0.5 * lecture.baseline_loss()
+    (calm,) = train_pack(
+        [Member(seed=7, lr=1e-3, rules=EpochRules(max_epochs=4))], lecture, ARCH, ADAM, slots=1
+    )
+    assert (calm.stop_reason, len(calm.history)) == ("max_epochs", 4)
+
+
+def test_a_nan_validation_loss_with_a_finite_training_loss_stops_the_member_as_diverged(
+    lecture: Splits,
+) -> None:
+    x = lecture.val.x.clone()
+    x[0, 0] = math.nan  # one validation row the network cannot score
+    broken = dataclasses.replace(lecture, val=Split(x, lecture.val.y))
+    (member,) = train_pack(
+        [Member(seed=8, lr=1e-3, rules=EpochRules(max_epochs=4))], broken, ARCH, ADAM, slots=1
+    )
+    assert (member.stop_reason, len(member.history)) == ("diverged", 1)
+    assert math.isfinite(member.history[0]["train/loss"])
+    assert math.isnan(member.history[0]["val/loss"])
 
 
 def test_freed_slots_take_the_next_members_until_the_source_runs_out(lecture: Splits) -> None:

@@ -43,6 +43,25 @@ def test_a_run_whose_best_epoch_is_its_last_marks_one_epoch() -> None:
     assert vertical == [3]
 
 
+def test_each_line_draws_its_own_curve_and_the_best_epoch_sits_on_the_val_curve() -> None:
+    [axes] = curves_figure(Panel("run", STOPPED_LATE, "good", baseline=0.69)).axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    epochs = [row["epoch"] for row in STOPPED_LATE]
+    for label, key in (("train", "train/loss"), ("validation", "val/loss")):
+        assert list(lines[label].get_xdata()) == epochs, label
+        assert list(lines[label].get_ydata()) == [row[key] for row in STOPPED_LATE], label
+    assert lines["train"].get_color() == "tab:gray"  # grey, as every figure's legend says
+    assert set(lines["constant predictor"].get_ydata()) == {0.69}
+    assert lines["constant predictor"].get_linestyle() == ":"
+    [best] = [c for c in axes.collections if c.get_label() == "best epoch: 7"]
+    assert best.get_offsets().tolist() == [[7.0, STOPPED_LATE[6]["val/loss"]]]
+
+
+def test_without_a_baseline_no_constant_predictor_is_drawn() -> None:
+    [axes] = curves_figure(Panel("run", STOPPED_LATE, "good")).axes
+    assert "constant predictor" not in [line.get_label() for line in axes.get_lines()]
+
+
 def test_the_title_names_the_run_and_its_verdict() -> None:
     [axes] = curves_figure(Panel("trial 03", STOPPED_LATE, "pruned", "cut")).axes
     assert axes.get_title() == "trial 03: pruned"

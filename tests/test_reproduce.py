@@ -13,7 +13,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from helpers import cli, one_error_line, tiny
-from study.reproduce import REPRODUCED_FROM_TAG
+from study.reproduce import REPRODUCED_FROM_TAG, compare
 
 RunScript = Callable[..., subprocess.CompletedProcess[str]]
 pytestmark = pytest.mark.slow
@@ -72,6 +72,42 @@ def test_a_run_whose_numbers_differ_exits_non_zero_and_says_which(
     assert result.returncode == 1
     assert re.search(r"^best_val_loss .* NO$", result.stdout, re.MULTILINE), result.stdout
     assert "DIFFERENT" in result.stdout
+
+
+def _logged(client: MlflowClient, experiment_id: str, val: list[float]) -> str:
+    """A run whose val/loss and train/loss curves are `val`, its best the last value."""
+    run_id = client.create_run(experiment_id).info.run_id
+    curves = [
+        Metric(key, value, 0, epoch)
+        for epoch, value in enumerate(val, start=1)
+        for key in ("train/loss", "val/loss")
+    ]
+    client.log_batch(run_id, metrics=[*curves, Metric("best_val_loss", min(val), 0, 0)])
+    return run_id
+
+
+@pytest.mark.parametrize(
+    ("rerun", "row"),
+    [
+        ([0.5, 0.45, 0.3], r"^val/loss \(3 ep\) .* NO$"),  # the same last value, another path
+        ([0.5, 0.4, 0.3, 0.3], r"^val/loss \(3 ep\) .* NO$"),  # an epoch more, same values
+    ],
+)
+def test_curves_that_differ_before_their_last_epoch_are_different(
+    mlflow_client: MlflowClient, rerun: list[float], row: str
+) -> None:
+    experiment_id = mlflow_client.create_experiment("curves")
+    original = _logged(mlflow_client, experiment_id, [0.5, 0.4, 0.3])
+    table, identical = compare(
+        mlflow_client, original, _logged(mlflow_client, experiment_id, rerun)
+    )
+    assert not identical
+    assert re.search(row, table, re.MULTILINE), table
+    assert re.search(r"^best_val_loss .* yes$", table, re.MULTILINE), table
+    same, identical = compare(
+        mlflow_client, original, _logged(mlflow_client, experiment_id, [0.5, 0.4, 0.3])
+    )
+    assert identical, same
 
 
 # An unknown run id, a store that does not exist and one that cannot be reached: rows of the

@@ -98,11 +98,13 @@ def kill_worker(folder: Path, *overrides: str) -> Outcome:
     )
 
 
-def interrupt(folder: Path, signum: int, resume: bool = True) -> Outcome:
+def interrupt(folder: Path, signum: int, resume: bool = True, pack: int = 1) -> Outcome:
     """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes (unless
-    `resume` is false: the next call interrupts the resumed study in turn)."""
-    # One trial at a time: a pack trains these four in seconds, before the signal lands.
-    sweep = Sweep(folder, "faults", "sweep.n_trials=4", "sweep.workers=2", "sweep.pack=1", *SLOW)
+    `resume` is false: the next call interrupts the resumed study in turn). `pack`: trials a
+    worker trains at once (its packed trials' runs must close too)."""
+    sweep = Sweep(
+        folder, "faults", "sweep.n_trials=4", "sweep.workers=2", f"sweep.pack={pack}", *SLOW
+    )
     process = sweep.start()
     sweep.wait_for_running_trial()
     sent = time.monotonic()

@@ -4,7 +4,7 @@ scripts/ui.py serves MLflow's own ASGI app in this process (uvicorn, one worker,
 runner): one Python start instead of three (mlflow CLI, uvicorn, and our script), a console
 that shows only the links and errors, and Ctrl-C, SIGTERM and SIGHUP stop everything at once.
 The one change to MLflow's UI: the page that loads the app (GET /) first sets the browser's
-view mode to model training, so no click lands in MLflow 3's GenAI view (README: Browse).
+view mode to model training, so no click lands in MLflow 3's GenAI view (docs/ui.md).
 """
 
 from __future__ import annotations

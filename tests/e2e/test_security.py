@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 PG_HOST = "127.0.0.1:5432"
 SECRET = f"s3cret-{uuid.uuid4().hex[:10]}"  # unique: a hit is ours, never a coincidence
-WORKER_SPEC = ".worker_spec.json"  # holds the real URLs for the workers, owner-only (see README)
+WORKER_SPEC = ".worker_spec.json"  # the workers' real URLs, owner-only (docs/security.md)
 
 
 def _script(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

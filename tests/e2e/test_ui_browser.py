@@ -26,6 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import tiny
+from study.ui import VIEW_STORAGE_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -283,6 +284,16 @@ def test_every_page_a_click_reaches_stays_in_the_model_training_view(
         fresh.goto(f"{server.url}/#/experiments/{experiment.experiment_id}")
         fresh.locator("[role=row] a[href*='/runs/']").first.wait_for(timeout=PAGE_WAIT_MS)
         assert_training_view(fresh, "opened-directly", shots)
+
+        # A browser that stored the GenAI view (a plain `mlflow server` on this port, or a
+        # click on its toggle) before every load: the training view wins all the same.
+        genai = browser.new_context()
+        genai.add_init_script(f"localStorage.setItem('{VIEW_STORAGE_KEY}', '\"genai\"')")
+        stored = genai.new_page()
+        stored.goto(f"{server.url}/#/experiments/{experiment.experiment_id}")
+        assert_training_view(stored, "genai-stored", shots)
+        view = stored.evaluate(f"localStorage.getItem('{VIEW_STORAGE_KEY}')")
+        assert view == '"machine_learning"', view
         browser.close()
 
     console = [line.rstrip("\n") for line in server.output if line.strip()]
@@ -345,6 +356,8 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
             assert best == f"{run.data.metrics['best_val_loss']:.7g}", name  # no float32 noise
             epoch = _cell(page, name, "metrics.`best_epoch`").inner_text()
             assert epoch == f"{run.data.metrics['best_epoch']:g}", name
+            stopped = _cell(page, name, "metrics.`stopped_epoch`").inner_text()
+            assert stopped == f"{run.data.metrics['stopped_epoch']:g}", name
             assert _cell(page, name, "tags.`fit`").inner_text() == run.data.tags["fit"], name
             state = _cell(page, name, "tags.`trial_state`").inner_text()
             assert state == run.data.tags.get("trial_state", "-"), name

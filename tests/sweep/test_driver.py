@@ -53,11 +53,12 @@ def test_resuming_with_other_data_is_refused_and_writes_nothing(
     make_plan: MakePlan, client: MlflowClient, tmp_path: Path
 ) -> None:
     _finish_trials(open_study(make_plan(*NAME, *TINY), client), 2)
-    before = _stored(tmp_path)
+    before = dict(_stored(tmp_path).user_attrs)  # a copy: user_attrs reads the storage anew
     with pytest.raises(UserError, match=r"created with data=lecture, this command has data=wine"):
         open_study(make_plan(*NAME, "data=wine", "sweep.n_trials=50"), client)
     after = _stored(tmp_path)
-    assert after.user_attrs == before.user_attrs
+    assert after.user_attrs == before
+    assert DEFINITION_ATTR in before
     assert len(after.trials) == 2
 
 

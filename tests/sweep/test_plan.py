@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from helpers import TINY
 from study.errors import UserError
-from study.sweep.definition import check_same_study, encode
+from study.sweep.definition import check_same_study, encode, study_definition
 from study.sweep.plan import AUTO_PACK, WORKERS_PER_PLACE, SweepPlan, pack_size
 from study.sweep.pool import DeviceSlot
 from study.sweep.space import Param
@@ -179,6 +179,32 @@ def test_what_defines_a_study_is_named_when_it_changes(
     error = _differs(before, make_plan(*tiny, *change))
     assert shown in error
     assert "sweep.study_name=" in error and "higher sweep.n_trials" in error
+
+
+def test_a_changed_search_range_is_named() -> None:
+    base = OmegaConf.create({"seed": 0})
+    narrower = Param("optimizer.lr", Distributions.FloatDistribution(1e-4, 1e-2, log=True), False)
+    before = study_definition(base, [LR, DROPOUT], "val/loss", "minimize", {"search": "default"})
+    after = study_definition(
+        base, [narrower, DROPOUT], "val/loss", "minimize", {"search": "default"}
+    )
+    with pytest.raises(UserError, match=r"created with search.optimizer.lr=\{.*\"high\": 0.1"):
+        check_same_study("s", encode(before), after)
+
+
+@pytest.mark.parametrize("side", ["recorded", "this command"])
+def test_a_key_on_one_side_only_is_named(side: str) -> None:
+    base = OmegaConf.create({"seed": 0})
+    fewer = study_definition(base, [LR], "val/loss", "minimize", {})
+    more = study_definition(base, [LR, DROPOUT], "val/loss", "minimize", {})
+    recorded, now = (more, fewer) if side == "recorded" else (fewer, more)
+    shown = (
+        r"created with search.model.dropout=\{.*\}, this command has search.model.dropout=<unset>"
+        if side == "recorded"
+        else r"created with search.model.dropout=<unset>, this command has search.model.dropout=\{"
+    )
+    with pytest.raises(UserError, match=shown):
+        check_same_study("s", encode(recorded), now)
 
 
 def test_a_csv_is_defined_by_its_bytes_not_its_path(make_plan: MakePlan, tmp_path: Path) -> None:

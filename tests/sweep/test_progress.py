@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from study.sweep.progress import ProgressLine, Tally
+import optuna
+
+from study.sweep.backends import make_storage
+from study.sweep.progress import ProgressLine, Tally, read_tally
 
 LINE = re.compile(
     r"^\[(?P<name>\S+)\] (?P<finished>\d+)/(?P<total>\d+) finished, (?P<pruned>\d+) pruned, "
@@ -41,3 +45,26 @@ def test_the_eta_of_a_resumed_study_counts_only_this_sessions_trials() -> None:
 
 def test_before_any_trial_of_this_session_the_eta_is_unknown() -> None:
     assert _line(Tally(20, finished=10), already=10)["eta"] == "?"
+
+
+def test_the_tally_counts_each_state_of_the_studys_trials_and_its_best(tmp_path: Path) -> None:
+    # The default storage, a journal file, as every worker and host writes it.
+    study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "j.journal")))
+    states = [
+        ("COMPLETE", 0.5), ("PRUNED", None), ("COMPLETE", 0.2), ("FAIL", None),
+        ("PRUNED", None), ("COMPLETE", 0.9), ("FAIL", None), ("FAIL", None), ("RUNNING", None),
+    ]  # fmt: skip
+    for state, value in states:
+        trial = study.ask()
+        if state != "RUNNING":
+            study.tell(trial, value, state=optuna.trial.TrialState[state])
+    tally = read_tally(study, n_trials=20)
+    assert tally == Tally(
+        n_trials=20, finished=5, pruned=2, failed=3, running=1, best_value=0.2, best_number=2
+    )
+
+
+def test_the_tally_of_a_study_with_no_complete_trial_has_no_best(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "j.journal")))
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    assert read_tally(study, n_trials=4) == Tally(4, finished=1, pruned=1)

@@ -8,8 +8,12 @@ import optuna
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
+from study.plots import DPI
+from study.sweep.backends import make_storage
 from study.sweep.report import (
+    OPTUNA_SIZE,
     PLOTS,
     finish_parent_run,
     log_history,
@@ -19,7 +23,11 @@ from study.sweep.report import (
 )
 from study.tracking import NOTE_TAG, Store, metric_chart_url
 
-COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+COMPLETE, PRUNED, FAIL = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
 VALUES = {0: 0.7, 1: 0.5, 2: None, 3: 0.6, 4: 0.4}  # trial 2 pruned
 
 
@@ -113,6 +121,26 @@ def test_the_parent_row_shares_its_best_trials_metrics_verdict_and_links_it(
     assert "curves.png" in {a.path for a in mlflow.list_artifacts(best)}
 
 
+def test_the_summary_and_the_parent_count_complete_pruned_and_failed_trials(
+    client: tuple[MlflowClient, str], tmp_path: Path
+) -> None:
+    # The default storage (a journal file); tests/e2e/test_multihost.py checks PostgreSQL.
+    mlflow, experiment_id = client
+    parent = mlflow.create_run(experiment_id, run_name="study counted").info.run_id
+    storage = make_storage(str(tmp_path / "counted.journal"))
+    study = optuna.create_study(study_name="counted", storage=storage)
+    for state in [COMPLETE, PRUNED, FAIL, PRUNED, FAIL, FAIL, COMPLETE]:
+        study.tell(study.ask(), 0.5 if state == COMPLETE else None, state=state)
+    study.ask()  # a trial still running counts in none of them
+
+    summary = finish_parent_run(mlflow, parent, study, tmp_path)
+
+    assert summary.splitlines()[0] == "study counted: 2 complete, 2 pruned, 3 failed"
+    metrics = mlflow.get_run(parent).data.metrics
+    counts = {key: metrics[key] for key in ("trials_complete", "trials_pruned", "trials_fail")}
+    assert counts == {"trials_complete": 2, "trials_pruned": 2, "trials_fail": 3}
+
+
 def searched_study() -> optuna.Study:
     """Six trials over two parameters, each with a curve of three epochs; one pruned."""
     study = optuna.create_study(study_name="plots")
@@ -172,6 +200,11 @@ def test_save_plots_writes_each_figure_and_closes_it(tmp_path: Path) -> None:
     assert [p.name for p in paths] == [f"{name}.png" for name in PLOTS]
     assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 10_000 for p in paths)
     assert plt.get_fignums() == before
+    width, height = OPTUNA_SIZE[0] * DPI, OPTUNA_SIZE[1] * DPI  # 1000x600 px
+    for path in paths:  # cropped to what is drawn ("tight"): most of that, never more
+        found_width, found_height = Image.open(path).size
+        assert 0.8 * width <= found_width <= width, (path.name, found_width)
+        assert 0.9 * height <= found_height <= height, (path.name, found_height)
 
 
 def test_no_plot_before_a_trial_completes(tmp_path: Path) -> None:
