@@ -47,7 +47,26 @@ CSVS = {
     "constant_target.csv": "a,y\n" + "".join(f"{i},2.5\n" for i in range(30)),
     "huge_features.csv": "a,y\n" + "".join(f"{(-1) ** i}e308,{i % 2}\n" for i in range(30)),
     "huge_targets.csv": "a,y\n" + "".join(f"{i},{(-1) ** i}e200\n" for i in range(30)),
+    "infinite.csv": "a,y\n1,0\ninf,1\n3,0\n4,1\n",
+    "e300.csv": "a,y\n" + "".join(f"{(-1) ** i}e300,{i % 2}\n" for i in range(30)),
+    "one_row.csv": "a,y\n1,0\n",
+    "target_only.csv": "y\n" + "".join(f"{i % 2}\n" for i in range(30)),
+    "regression_target.csv": "a,y\n" + "".join(f"{i},{i * 0.37:.2f}\n" for i in range(30)),
 }
+# Bad data: a sweep gives the line a single run gives, before anything is written.
+BAD_DATA = [
+    ("gap", "gap.csv", ["'b'", "missing", "line 4"]),
+    ("string-column", "string_column.csv", ["'b'", "non-numeric", "line 2"]),
+    ("infinite", "infinite.csv", ["'a'", "infinite", "line 3"]),
+    ("1e300", "e300.csv", ["feature values too large"]),
+    ("one-row", "one_row.csv", ["has 1 rows", "too few"]),
+    ("one-class", "one_class.csv", ["data.target='y'", "one class"]),
+    ("header-only", "header_only.csv", ["header but no rows"]),
+    ("empty", "empty.csv", ["empty"]),
+    ("target-only", "target_only.csv", ["only the target column"]),
+    ("classifier-on-regression", "regression_target.csv", ["regression", "model=regressor"]),
+]
+RUN_CSV_CASES = {"gap", "string-column", "one-class", "header-only", "empty"}  # below, as csv-*
 # Dotted keys cannot be added to `search` from the command line (`+search.KEY=` takes top-level
 # keys only), so a user puts a search space of their own in a file and passes --config-dir.
 SEARCHES = {
@@ -175,6 +194,12 @@ CASES = [
         [*CSV, "data.path={csv}/one_class.csv", "data.task=x"],
         ["data.task='x'"],
     ),
+    *[
+        kind(f"{kind.__name__}-csv-{name}", [*CSV, f"data.path={{csv}}/{file}"], fragments)
+        for kind in (run, sweep)
+        for name, file, fragments in BAD_DATA
+        if kind is sweep or name not in RUN_CSV_CASES
+    ],
     # --- search spaces (scripts/run.py -m sweep) --------------------------------------------
     sweep("search-type-unknown", ["search=unknown_type"], ["search.optimizer.lr.type='uniform'"]),
     sweep("search-int-reversed", ["search=int_reversed"], ["trainer.max_epochs", "low=10"]),
