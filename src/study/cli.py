@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from study.errors import OneLineParser, UserError, report
+from study.overrides import not_in_struct_hint, refuse_unknown_added_keys, search_overrides
 from study.paths import CONF_DIR, TrackingChoice, choose_tracking_uri, script_path
 from study.secrets import redact
 
@@ -90,6 +91,12 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
             file=sys.stderr,
         )
         return 2
+    refusal = refuse_flags(hydra_argv, config_name)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    if has_search(conf_dir / f"{config_name}.yaml"):
+        hydra_argv = search_overrides(hydra_argv)
     # Let errors reach us instead of Hydra printing a multi-line report and exiting with 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     main = hydra.main(config_path=str(conf_dir), config_name=config_name, version_base="1.3")
@@ -111,7 +118,8 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
         if user_errors:
             raise user_errors[0]
     except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        hint = not_in_struct_hint(error, _composed_without(error, conf_dir, config_name, argv))
+        print(f"error: {redact(hint) if hint else one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -121,6 +129,48 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
     finally:
         sys.argv = saved_argv
     return 0
+
+
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+_SHOW_FLAGS = ("--cfg", "-c", "--info", "-i")
+
+
+def refuse_flags(hydra_argv: Sequence[str], config_name: str) -> str | None:
+    """Why Hydra would refuse these flags together (with a traceback), and what works."""
+    multirun = any(arg in _MULTIRUN_FLAGS for arg in hydra_argv)
+    shown = next((arg for arg in hydra_argv if arg.split("=")[0] in _SHOW_FLAGS), None)
+    if multirun and shown:
+        return (
+            f"{shown} shows the config without running anything, -m runs: use one of them "
+            f"(python {shlex.quote(script_path('run'))} {config_name} {shown} job ...)"
+        )
+    return None
+
+
+def has_search(config_file: Path) -> bool:
+    """Whether a primary config holds a search space (a `search` default, as conf/sweep.yaml)."""
+    import yaml
+
+    try:
+        defaults = yaml.safe_load(config_file.read_text()).get("defaults", [])
+    except (OSError, AttributeError, yaml.YAMLError):
+        return False
+    return any(isinstance(item, dict) and "search" in item for item in defaults)
+
+
+def _composed_without(
+    error: BaseException, conf_dir: Path, config_name: str, argv: Sequence[str]
+) -> DictConfig | None:
+    """The config composed without the override `error` refused, to find the nearest name."""
+    from study.config import compose_config
+    from study.overrides import override_key
+
+    refused = str(error).split("'")[1] if str(error).count("'") >= 2 else ""
+    rest = [a for a in split_config_name(argv)[1] if "=" in a and override_key(a) != refused]
+    try:
+        return compose_config(str(conf_dir), config_name, search_overrides(rest))
+    except Exception:  # the other overrides fail too: Hydra's own message then
+        return None
 
 
 _DEFAULT_STORE = "(default: MLFLOW_TRACKING_URI, else the project's)"
@@ -167,8 +217,14 @@ def train_job(cfg: DictConfig) -> float:
 
     from study.config import validate
 
-    validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
     hydra_cfg = HydraConfig.get()
+    refuse_unknown_added_keys(
+        list(hydra_cfg.overrides.task),
+        str(CONF_DIR),
+        hydra_cfg.job.config_name,
+        hydra_cfg.runtime.choices,
+    )
+    validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
     config_name = hydra_cfg.job.config_name
     if hydra_cfg.mode == RunMode.RUN and config_name in MULTIRUN_CONFIGS:
         print(

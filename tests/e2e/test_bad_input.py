@@ -49,7 +49,7 @@ CSVS = {
     "huge_targets.csv": "a,y\n" + "".join(f"{i},{(-1) ** i}e200\n" for i in range(30)),
     "infinite.csv": "a,y\n1,0\ninf,1\n3,0\n4,1\n",
     "e300.csv": "a,y\n" + "".join(f"{(-1) ** i}e300,{i % 2}\n" for i in range(30)),
-    "one_row.csv": "a,y\n1,0\n",
+    "one_row.csv": "a,y\n1,0\n",  # one row: one class too, refused as such first
     "target_only.csv": "y\n" + "".join(f"{i % 2}\n" for i in range(30)),
     "regression_target.csv": "a,y\n" + "".join(f"{i},{i * 0.37:.2f}\n" for i in range(30)),
 }
@@ -59,7 +59,7 @@ BAD_DATA = [
     ("string-column", "string_column.csv", ["'b'", "non-numeric", "line 2"]),
     ("infinite", "infinite.csv", ["'a'", "infinite", "line 3"]),
     ("1e300", "e300.csv", ["feature values too large"]),
-    ("one-row", "one_row.csv", ["has 1 rows", "too few"]),
+    ("one-row", "one_row.csv", ["one class only"]),
     ("one-class", "one_class.csv", ["data.target='y'", "one class"]),
     ("header-only", "header_only.csv", ["header but no rows"]),
     ("empty", "empty.csv", ["empty"]),

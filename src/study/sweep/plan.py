@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config, validate
 from study.errors import UserError
+from study.overrides import nested_space, refuse_unknown_added_keys
 from study.prepare import check_data, record_classes
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
 from study.sweep.definition import study_definition
@@ -181,6 +182,7 @@ def plan_sweep(
             f"{sweeping[0]!r} is a Hydra sweep: with the study sweeper put ranges in "
             "search.* (or use hydra/sweeper=basic for a grid)"
         )
+    refuse_unknown_added_keys(overrides, conf_dir, config_name, group_choices)
     settings = cfg.sweep
     study_name = str(settings.study_name)
     check_study_name(study_name)
@@ -214,7 +216,7 @@ def plan_sweep(
         )
     validate(cfg)
     metric = str(settings.metric)
-    params = parse_space(OmegaConf.to_container(cfg.search), cfg, group_choices)  # type: ignore[arg-type]
+    params = parse_space(nested_space(OmegaConf.to_container(cfg.search)), cfg, group_choices)  # type: ignore[arg-type]
     _check_range_ends(cfg, params, overrides, conf_dir, config_name, metric)
     _, checked = check_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
