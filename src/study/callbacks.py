@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from study.run_log import RunLog, trial_outcome
 from study.tasks import epoch_history
+from study.terminal import redraws
 
 if TYPE_CHECKING:
     import optuna
@@ -126,7 +127,7 @@ class EpochProgress(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.max_epochs or 0
-        if self.stream.isatty():
+        if redraws(self.stream):
             # A terminal that reports no size (a bare pty) gets 80x24: tqdm would draw nothing.
             columns, lines = shutil.get_terminal_size()
             self._bar = tqdm(

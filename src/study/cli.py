@@ -20,7 +20,14 @@ from omegaconf import DictConfig
 
 from study.errors import OneLineParser, UserError, report
 from study.overrides import not_in_struct_hint, refuse_unknown_added_keys, search_overrides
-from study.paths import CONF_DIR, TrackingChoice, choose_tracking_uri, script_path
+from study.paths import (
+    CONF_DIR,
+    TrackingChoice,
+    choose_tracking_uri,
+    script_command,
+    script_path,
+    store_option,
+)
 from study.secrets import redact
 
 DEFAULT_CONFIG = "train"
@@ -204,10 +211,7 @@ def run_plan(cfg: DictConfig, choices: Mapping[str, Any]) -> list[str]:
 
 def reproduce_command(run_id: str, tracking: TrackingChoice) -> str:
     """The command that reruns `run_id`, as typed from the current folder."""
-    command = f"python {shlex.quote(script_path('reproduce'))} {run_id}"
-    if tracking.source != "default":  # say where the run is, even once the variable is unset
-        command += f" --tracking-uri {shlex.quote(redact(tracking.uri))}"
-    return command
+    return script_command("reproduce", run_id) + store_option(tracking)
 
 
 def train_job(cfg: DictConfig) -> float:

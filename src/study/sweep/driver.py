@@ -18,21 +18,22 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import distribution_to_json
 
 from study.errors import UserError
+from study.paths import TrackingChoice, choose_tracking_uri, script_command, store_option
 from study.secrets import redact
 from study.sweep.backends import (
-    FINISHED,
     StudyLock,
     make_pruner,
     make_sampler,
     make_storage,
     storage_exists,
 )
-from study.sweep.definition import DEFINITION_ATTR, check_same_study, encode
+from study.sweep.definition import DEFINITION_ATTR, encode
 from study.sweep.plan import SweepPlan
 from study.sweep.pool import SPEC_FILE, EarlyWorkers, Scheduler
 from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.recovery import Recovery
 from study.sweep.report import finish_parent_run, import_plotting_meanwhile
+from study.sweep.resume import check_study
 from study.sweep.spec import WorkerSpec
 from study.tracking import EXPERIMENT_KIND_TAG, Store, runs_url
 
@@ -54,20 +55,8 @@ def open_study(plan: SweepPlan, client: MlflowClient) -> optuna.Study:
         sampler=make_sampler(plan.sampler, plan.seed),
         pruner=make_pruner(plan.pruner, plan.max_epochs, plan.in_flight),
     )
-    if study.direction.name.lower() != plan.direction:
-        raise UserError(
-            f"study {plan.study_name!r} exists with direction "
-            f"{study.direction.name.lower()}: use another sweep.study_name"
-        )
+    check_study(study, plan)
     recorded = study.user_attrs.get(DEFINITION_ATTR)
-    if recorded is not None:
-        check_same_study(plan.study_name, recorded, plan.definition)
-    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    if finished > plan.n_trials:
-        raise UserError(
-            f"study {plan.study_name!r} has {finished} finished trials, more than sweep.n_trials="
-            f"{plan.n_trials}: set sweep.n_trials above {finished} to extend it"
-        )
     if recorded is None:  # a new study, or one made before studies recorded their definition
         study.set_user_attr(DEFINITION_ATTR, encode(plan.definition))
     return study
@@ -146,9 +135,19 @@ def worker_spec(
     )
 
 
+def browse_hint(tracking: TrackingChoice, experiment_id: str) -> str:
+    """Where to see the study's runs: its server, or the UI on its store (named unless it is
+    the default one, which scripts/ui.py opens by itself)."""
+    if tracking.uri.startswith(("http://", "https://")):  # a server
+        return f"browse: {runs_url(redact(tracking.uri), experiment_id)}"
+    ui = script_command("ui") + store_option(tracking)
+    return f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  (after {ui})"
+
+
 def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
     `early` workers started for its slots where there are any."""
+    tracking = choose_tracking_uri(cfg.tracking.uri)
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)
@@ -171,8 +170,9 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
             f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
             f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
             f"{plan.workers_note}"
-            f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}; "
-            f"storage {redact(plan.storage_url)}",
+            f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}"
+            f"{plan.pack_note}; storage {redact(plan.storage_url)}; "
+            f"MLflow {tracking.describe()}",
             flush=True,
         )
         scheduler = Scheduler(
@@ -193,13 +193,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
         progress.close()
         plotting.join()
         print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
-        if str(cfg.tracking.uri or "").startswith(("http://", "https://")):  # a server
-            print(f"browse: {runs_url(redact(cfg.tracking.uri), experiment_id)}")
-        else:
-            print(
-                f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
-                "(after python scripts/ui.py)"
-            )
+        print(browse_hint(tracking, experiment_id))
         if scheduler.stop_reason is not None:
             raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
         status = "FINISHED"

@@ -52,6 +52,7 @@ class SweepPlan:
     threads: int
     slots: list[Slot]
     workers_note: str  # why fewer workers run than sweep.workers asked for ("" if as asked)
+    pack_note: str  # why a worker packs fewer trials than sweep.pack asked for ("" if as asked)
     params: list[Param]
     base_config: DictConfig  # a trial's run config before its sampled values are set
     overrides: list[str]
@@ -67,11 +68,16 @@ class SweepPlan:
         return len(self.slots) * self.pack
 
     def capped_to(self, trials_left: int) -> SweepPlan:
-        """This plan with no more workers than trials left to run."""
-        if len(self.slots) <= trials_left or trials_left < 1:
+        """This plan with no more workers than trials left to run, and no more trials in
+        flight (workers x pack) than that either."""
+        if trials_left < 1:
             return self
-        note = f" (sweep.workers capped: {trials_left} trials left)"
-        return replace(self, slots=self.slots[:trials_left], workers_note=note)
+        plan = self
+        if len(plan.slots) > trials_left:
+            note = f" (sweep.workers capped: {trials_left} trials left)"
+            plan = replace(plan, slots=plan.slots[:trials_left], workers_note=note)
+        pack, note = capped_pack(plan.pack, trials_left, len(plan.slots), "left")
+        return replace(plan, pack=pack, pack_note=note or plan.pack_note)
 
 
 def check_study_name(name: str) -> None:
@@ -159,6 +165,16 @@ def pack_size(
     return setting
 
 
+def capped_pack(pack: int, trials: int, workers: int, which: str = "") -> tuple[int, str]:
+    """At most `trials` in flight: a pruner compares trials with finished ones, so a study all
+    of whose trials train at once could never prune. The pack, and why it shrank ("" if not)."""
+    most = max(1, trials // workers)
+    if pack <= most:
+        return pack, ""
+    trials_text = f"{trials} trials{f' {which}' if which else ''}"
+    return most, f" (sweep.pack={pack} capped: {trials_text} for {workers} workers)"
+
+
 def _positive_int(settings: DictConfig, key: str) -> int:
     value = settings.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -221,6 +237,9 @@ def plan_sweep(
     _, checked = check_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
     record_classes(base_config, checked)
+    pack, pack_note = capped_pack(
+        pack_size(settings.get("pack", 1), cfg, params, n_trials, slots), n_trials, len(slots)
+    )
     return SweepPlan(
         study_name=study_name,
         n_trials=n_trials,
@@ -233,7 +252,8 @@ def plan_sweep(
         max_failures=max_failures,
         retries=retries,
         heartbeat_s=heartbeat_s,
-        pack=pack_size(settings.get("pack", 1), cfg, params, n_trials, slots),
+        pack=pack,
+        pack_note=pack_note,
         threads=threads,
         slots=slots,
         workers_note=workers_note,
