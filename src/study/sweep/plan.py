@@ -77,7 +77,7 @@ class SweepPlan:
             note = f" (sweep.workers capped: {trials_left} trials left)"
             plan = replace(plan, slots=plan.slots[:trials_left], workers_note=note)
         pack, note = capped_pack(plan.pack, trials_left, len(plan.slots), "left")
-        return replace(plan, pack=pack, pack_note=note or plan.pack_note)
+        return plan if pack == plan.pack else replace(plan, pack=pack, pack_note=note)
 
 
 def check_study_name(name: str) -> None:
