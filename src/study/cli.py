@@ -225,7 +225,7 @@ def train_job(cfg: DictConfig) -> float:
     refuse_unknown_added_keys(
         list(hydra_cfg.overrides.task),
         str(CONF_DIR),
-        hydra_cfg.job.config_name,
+        str(hydra_cfg.job.config_name),
         hydra_cfg.runtime.choices,
     )
     validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds

@@ -438,7 +438,7 @@ class CsvData(TabularData):
         if getattr(frame, "shape", (0, 0))[1] == 0:
             raise UserError(f"{self.path.name} has only the target column: add feature columns")
 
-    def _refuse_one_class(self, classes: Sequence[object]) -> None:
+    def _refuse_one_class(self, classes: Sequence[object] | np.ndarray) -> None:
         if len(classes) < 2:
             raise UserError(
                 f"data.target={self.target!r} has one class only: a classifier needs two"
