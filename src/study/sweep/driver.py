@@ -6,7 +6,6 @@ run, run the worker pool, and summarize. Called by the Hydra sweeper for
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 from dataclasses import fields
 
@@ -20,6 +19,7 @@ from optuna.distributions import distribution_to_json
 from study.errors import UserError
 from study.paths import TrackingChoice, choose_tracking_uri, script_command, store_option
 from study.secrets import redact
+from study.shutdown import interrupt_once
 from study.sweep.backends import (
     StudyLock,
     make_pruner,
@@ -37,6 +37,7 @@ from study.sweep.resume import check_study
 from study.sweep.spec import WorkerSpec
 from study.tracking import EXPERIMENT_KIND_TAG, Store, runs_url
 
+STILL_STOPPING = "still stopping: the workers are closing their runs (a few seconds)"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its parent run
 
 
@@ -156,57 +157,57 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
     with lock.held():  # hosts starting at the same moment: one parent run for the study
         experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
     recovery = Recovery(study, lock, client, experiment_id, parent_run_id, plan.retries)
-    # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED.
-    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    status = "FAILED"
-    try:
-        stale = recovery.fail_orphans()
-        tally = read_tally(study, plan.n_trials)
-        progress = ProgressLine(
-            plan.study_name, plan.n_trials, lambda: read_tally(study, plan.n_trials)
-        )
-        print(
-            f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
-            f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
-            f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
-            f"{plan.workers_note}"
-            f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}"
-            f"{plan.pack_note}; storage {redact(plan.storage_url)}; "
-            f"MLflow {tracking.describe()}",
-            flush=True,
-        )
-        scheduler = Scheduler(
-            plan.slots,
-            worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
-                plan.sweep_dir / SPEC_FILE
-            ),
-            plan.sweep_dir,
-            plan.max_failures,
-            on_event=progress.on_event,
-            on_worker_lost=recovery.worker_lost,
-            threads=plan.threads,
-            early=early,
-        )
-        plotting = import_plotting_meanwhile()
-        if tally.finished < plan.n_trials:
-            scheduler.run()
-        progress.close()
-        plotting.join()
-        print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
-        print(browse_hint(tracking, experiment_id))
-        if scheduler.stop_reason is not None:
-            raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
-        status = "FINISHED"
-        return read_tally(study, plan.n_trials)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print(
-            f"\nstudy {plan.study_name} interrupted: rerun the same command to resume",
-            file=sys.stderr,
-        )
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
-            recovery.fail_orphans()
-        client.set_terminated(parent_run_id, status)
+    # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED; a
+    # second signal does not cut that short.
+    with interrupt_once(STILL_STOPPING):
+        status = "FAILED"
+        try:
+            stale = recovery.fail_orphans()
+            tally = read_tally(study, plan.n_trials)
+            progress = ProgressLine(
+                plan.study_name, plan.n_trials, lambda: read_tally(study, plan.n_trials)
+            )
+            print(
+                f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
+                f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
+                f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
+                f"{plan.workers_note}"
+                f"{f', {plan.pack} trials packed in each' if plan.pack > 1 else ''}"
+                f"{plan.pack_note}; storage {redact(plan.storage_url)}; "
+                f"MLflow {tracking.describe()}",
+                flush=True,
+            )
+            scheduler = Scheduler(
+                plan.slots,
+                worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
+                    plan.sweep_dir / SPEC_FILE
+                ),
+                plan.sweep_dir,
+                plan.max_failures,
+                on_event=progress.on_event,
+                on_worker_lost=recovery.worker_lost,
+                threads=plan.threads,
+                early=early,
+            )
+            plotting = import_plotting_meanwhile()
+            if tally.finished < plan.n_trials:
+                scheduler.run()
+            progress.close()
+            plotting.join()
+            print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
+            print(browse_hint(tracking, experiment_id))
+            if scheduler.stop_reason is not None:
+                raise UserError(f"study {plan.study_name} stopped: {scheduler.stop_reason}")
+            status = "FINISHED"
+            return read_tally(study, plan.n_trials)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print(
+                f"\nstudy {plan.study_name} interrupted: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
+                recovery.fail_orphans()
+            client.set_terminated(parent_run_id, status)
