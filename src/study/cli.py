@@ -12,6 +12,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,7 @@ def ui_main(argv: list[str] | None = None) -> int:
         return report(error)
 
 
+STAMP = "%Y-%m-%d_%H-%M-%S"  # an output folder's name, as Hydra names a run's
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats matplotlib always writes
 
 
@@ -336,10 +338,13 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
     parser.add_argument("--tracking-uri", help=f"store holding the runs {_DEFAULT_STORE}")
     parser.add_argument(
-        "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
+        "--output",
+        type=Path,
+        help=f"figure path (default: outputs/compare/<date>_<time>/{FIGURE}, as runs have theirs)",
     )
     try:
         args = parser.parse_args(argv)
+        args.output = args.output or Path("outputs", "compare", time.strftime(STAMP), FIGURE)
         check_figure_path(args.output)
         store = Store.from_config(args.tracking_uri).must_exist(
             "pass --tracking-uri for the store that holds the runs"
