@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import re
+import sys
+
+import pytest
 
 from study.sweep.progress import ProgressLine, Tally
+from study.sweep.spec import Finished
 
 LINE = re.compile(
     r"^\[(?P<name>\S+)\] (?P<finished>\d+)/(?P<total>\d+) finished, (?P<pruned>\d+) pruned, "
@@ -41,3 +46,29 @@ def test_the_eta_of_a_resumed_study_counts_only_this_sessions_trials() -> None:
 
 def test_before_any_trial_of_this_session_the_eta_is_unknown() -> None:
     assert _line(Tally(20, finished=10), already=10)["eta"] == "?"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("env", "redrawn"),
+    [({"TERM": "xterm"}, True), ({"TERM": "dumb"}, False), ({"NO_COLOR": "1"}, False)],
+)
+def test_the_line_is_redrawn_only_on_a_terminal_that_takes_escape_codes(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], redrawn: bool
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    progress = ProgressLine("lecture", 20, lambda: Tally(20, finished=1))
+    progress.on_event(Finished(number=0, state="COMPLETE", value=0.5))
+    progress.close()
+    assert ("\033[K" in terminal.getvalue()) is redrawn
+    assert ("\r" in terminal.getvalue()) is redrawn
+    assert "[lecture] 1/20 finished" in terminal.getvalue()
