@@ -427,7 +427,7 @@ def test_text_labels_follow_a_recorded_class_order(tmp_path: Path) -> None:
     table = CsvData(path, "y", classes=["pass", "fail"]).load(CLASSIFICATION)
     assert table.classes == ("pass", "fail")
     assert table.target[:2].tolist() == [0, 1]
-    with pytest.raises(UserError, match="'pass', which is not in data.classes"):
+    with pytest.raises(UserError, match=r"'pass', which is not in data\.classes"):
         CsvData(path, "y", classes=["fail", "ok"]).load(CLASSIFICATION)
 
 
@@ -441,13 +441,13 @@ def test_text_labels_change_the_fingerprint(tmp_path: Path) -> None:
 
 def test_text_labels_are_refused_as_a_regression_target(tmp_path: Path) -> None:
     path = str(_labelled(tmp_path, ["yes", "no"]))
-    with pytest.raises(UserError, match="data.task=regression.*holds text"):
+    with pytest.raises(UserError, match=r"data\.task=regression.*holds text"):
         CsvData(path, "y", task=REGRESSION).load(REGRESSION)
 
 
 def test_too_many_text_labels_are_refused(tmp_path: Path) -> None:
     path = str(_labelled(tmp_path, [f"name{i}" for i in range(40)]))
-    with pytest.raises(UserError, match="40 different text labels.*data.max_classes=20"):
+    with pytest.raises(UserError, match=r"40 different text labels.*data\.max_classes=20"):
         CsvData(path, "y").load(CLASSIFICATION)
 
 
