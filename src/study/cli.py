@@ -20,7 +20,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from study.errors import OneLineParser, UserError, report
-from study.overrides import not_in_struct_hint, refuse_unknown_added_keys, search_overrides
+from study.overrides import (
+    not_in_struct_hint,
+    override_key,
+    refuse_unknown_added_keys,
+    refused_key,
+    search_overrides,
+)
 from study.paths import (
     CONF_DIR,
     TrackingChoice,
@@ -126,7 +132,9 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
         if user_errors:
             raise user_errors[0]
     except (HydraException, OmegaConfBaseException) as error:
-        hint = not_in_struct_hint(error, _composed_without(error, conf_dir, config_name, argv))
+        key = refused_key(error)
+        defined = _composed_without(key, conf_dir, config_name, argv) if key else None
+        hint = not_in_struct_hint(key, defined) if key and defined is not None else None
         print(f"error: {redact(hint) if hint else one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -167,13 +175,11 @@ def has_search(config_file: Path) -> bool:
 
 
 def _composed_without(
-    error: BaseException, conf_dir: Path, config_name: str, argv: Sequence[str]
+    refused: str, conf_dir: Path, config_name: str, argv: Sequence[str]
 ) -> DictConfig | None:
-    """The config composed without the override `error` refused, to find the nearest name."""
+    """The config composed without the override of key `refused`, to find the nearest name."""
     from study.config import compose_config
-    from study.overrides import override_key
 
-    refused = str(error).split("'")[1] if str(error).count("'") >= 2 else ""
     rest = [a for a in split_config_name(argv)[1] if "=" in a and override_key(a) != refused]
     try:
         return compose_config(str(conf_dir), config_name, search_overrides(rest))

@@ -163,11 +163,16 @@ def refuse_unknown_added_keys(
     check_added_keys(added, defined, groups)
 
 
-def not_in_struct_hint(error: BaseException, defined: DictConfig | None) -> str | None:
-    """One line for Hydra's "Could not override 'KEY'... not in struct" naming the nearest key
-    instead of Hydra's advice to add it with +; None for any other error."""
+def refused_key(error: BaseException) -> str | None:
+    """The key of Hydra's "Could not override 'KEY'... not in struct" error; None for any
+    other error."""
     found = _NOT_IN_STRUCT.search(str(error))
-    if found is None or defined is None or "not in struct" not in str(error.__cause__ or ""):
+    if found is None or "not in struct" not in str(error.__cause__ or ""):
         return None
-    key = found.group(1)
+    return found.group(1)
+
+
+def not_in_struct_hint(key: str, defined: DictConfig) -> str:
+    """One line for a key the config lacks, naming the nearest known key instead of Hydra's
+    advice to add it with +."""
     return f"{key} is not a key of this config: {nearest_name(defined, key)}"
