@@ -253,3 +253,20 @@ def test_a_pack_of_trials_that_cannot_share_it_is_refused_naming_the_path() -> N
 def test_a_pack_size_that_is_not_auto_or_a_positive_integer_is_refused(setting: object) -> None:
     with pytest.raises(UserError, match=r"sweep.pack=.* is out of range"):
         pack_size(setting, _cfg(), [LR], 64, CPU2)
+
+
+def test_text_class_labels_reach_every_trials_config(make_plan: MakePlan, tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i % 7},{'yes' if i % 3 else 'no'}\n" for i in range(60))
+    (tmp_path / "answers.csv").write_text(f"a,b,answer\n{rows}")
+    plan = make_plan("data=csv", f"data.path={tmp_path / 'answers.csv'}", "data.target=answer")
+    assert list(plan.base_config.data.classes) == ["no", "yes"]  # what workers build trials from
+    assert plan.definition["data.classes"] == ["no", "yes"]
+
+
+def test_bad_data_is_refused_by_the_plan_before_anything_is_written(
+    make_plan: MakePlan, tmp_path: Path
+) -> None:
+    (tmp_path / "gap.csv").write_text("a,b,y\n1,2,0\n3,,1\n")
+    with pytest.raises(UserError, match="'b' of gap.csv has a missing value on line 3"):
+        make_plan("data=csv", f"data.path={tmp_path / 'gap.csv'}", "data.target=y")
+    assert not (tmp_path / "study.journal").exists() and not (tmp_path / "sweep").exists()
