@@ -141,6 +141,20 @@ def test_compare_script_compares_runs_already_in_mlflow(
 
 
 @pytest.mark.slow
+def test_compare_script_writes_its_figure_under_outputs_not_where_it_runs(
+    compared: Compared, tmp_path: Path
+) -> None:
+    ids = [r.info.run_id for r in compared.children]
+    result = cli("compare", *ids, "--tracking-uri", compared.uri, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("figure: ")]
+    figure = Path(line.removeprefix("figure: "))
+    assert figure.parts[:2] == ("outputs", "compare") and figure.name == "compare.png"
+    assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "compare.png").exists()
+
+
+@pytest.mark.slow
 def test_compare_script_rejects_an_unknown_run_id(compared: Compared, tmp_path: Path) -> None:
     known = compared.children[0].info.run_id
     result = _script("compare", known, "0" * 32, "--tracking-uri", compared.uri, cwd=tmp_path)

@@ -405,3 +405,60 @@ def test_the_example_csv_is_the_lecture_data_written_out() -> None:
     lecture = LectureData(n_samples=200, seed=0).load(CLASSIFICATION)
     assert np.array_equal(shipped.target, lecture.target)
     assert np.allclose(shipped.features, lecture.features, atol=0.5)  # lectures: whole numbers
+
+
+# --- text class labels ---------------------------------------------------------------------
+
+
+def _labelled(tmp_path: Path, labels: list[str]) -> Path:
+    rows = "".join(f"{i},{i % 7},{labels[i % len(labels)]}\n" for i in range(40))
+    return _csv(tmp_path, f"a,b,y\n{rows}", "labelled.csv")
+
+
+def test_text_labels_are_classes_numbered_in_sorted_order(tmp_path: Path) -> None:
+    table = CsvData(str(_labelled(tmp_path, ["yes", "no", "maybe"])), "y").load(CLASSIFICATION)
+    assert table.task == CLASSIFICATION
+    assert table.classes == ("maybe", "no", "yes")
+    assert table.target[:3].tolist() == [2, 1, 0]  # yes, no, maybe
+
+
+def test_text_labels_follow_a_recorded_class_order(tmp_path: Path) -> None:
+    path = str(_labelled(tmp_path, ["pass", "fail"]))
+    table = CsvData(path, "y", classes=["pass", "fail"]).load(CLASSIFICATION)
+    assert table.classes == ("pass", "fail")
+    assert table.target[:2].tolist() == [0, 1]
+    with pytest.raises(UserError, match=r"'pass', which is not in data\.classes"):
+        CsvData(path, "y", classes=["fail", "ok"]).load(CLASSIFICATION)
+
+
+def test_text_labels_change_the_fingerprint(tmp_path: Path) -> None:
+    yes_no = CsvData(str(_labelled(tmp_path, ["yes", "no"])), "y").load(CLASSIFICATION)
+    no_yes = CsvData(str(_labelled(tmp_path, ["no", "yes"])), "y").load(CLASSIFICATION)
+    np.testing.assert_array_equal(yes_no.target, 1 - no_yes.target)
+    swapped = CsvData(str(_labelled(tmp_path, ["b", "a"])), "y").load(CLASSIFICATION)
+    assert yes_no.fingerprint() != swapped.fingerprint()
+
+
+def test_text_labels_are_refused_as_a_regression_target(tmp_path: Path) -> None:
+    path = str(_labelled(tmp_path, ["yes", "no"]))
+    with pytest.raises(UserError, match=r"data\.task=regression.*holds text"):
+        CsvData(path, "y", task=REGRESSION).load(REGRESSION)
+
+
+def test_too_many_text_labels_are_refused(tmp_path: Path) -> None:
+    path = str(_labelled(tmp_path, [f"name{i}" for i in range(40)]))
+    with pytest.raises(UserError, match=r"40 different text labels.*data\.max_classes=20"):
+        CsvData(path, "y").load(CLASSIFICATION)
+
+
+def test_checking_data_imports_no_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = _labelled(tmp_path, ["yes", "no"])
+    code = (
+        "import sys; from study.data import CsvData; "
+        f"CsvData({str(path)!r}, 'y').check('classification'); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -122,3 +122,30 @@ def test_a_run_without_a_logged_config_is_one_error_line(
     mlflow_client.set_terminated(bare)
     result = cli("reproduce", bare, "--tracking-uri", tracking_uri, cwd=tmp_path)
     assert "config.yaml" in one_error_line(result)
+
+
+@pytest.mark.parametrize("status", ["KILLED", "FAILED", "RUNNING"])
+def test_a_run_that_did_not_finish_is_named_for_what_it_is(
+    tracking_uri: str, mlflow_client: MlflowClient, tmp_path: Path, status: str
+) -> None:
+    experiment_id = mlflow_client.create_experiment("study")
+    run_id = mlflow_client.create_run(experiment_id).info.run_id
+    if status != "RUNNING":
+        mlflow_client.set_terminated(run_id, status)
+    result = cli("reproduce", run_id, "--tracking-uri", tracking_uri, cwd=tmp_path)
+    line = one_error_line(result)
+    assert f"run {run_id} " in line and status in line, line
+    assert "nothing to compare" in line and "not recorded by study" not in line
+
+
+def test_a_studys_parent_run_points_at_one_of_its_trials(
+    tracking_uri: str, mlflow_client: MlflowClient, tmp_path: Path
+) -> None:
+    experiment_id = mlflow_client.create_experiment("lecture")
+    tags = {"study": "lecture", "sweep.storage": "/x.journal", "best_run_id": "b" * 32}
+    parent = mlflow_client.create_run(experiment_id, tags=tags).info.run_id
+    mlflow_client.set_terminated(parent)
+    result = cli("reproduce", parent, "--tracking-uri", tracking_uri, cwd=tmp_path)
+    line = one_error_line(result)
+    assert f"run {parent} is the parent run of study 'lecture'" in line, line
+    assert f"reproduce.py {'b' * 32} --tracking-uri {tracking_uri}" in line

@@ -215,3 +215,17 @@ def test_bad_input_raises_user_error_and_leaves_no_run(
     with pytest.raises(UserError, match=re.escape(match)):
         run_one(make_cfg(*overrides, "trainer.progress_bar=false"), tmp_path / "out")
     assert all_runs(mlflow_client) == []
+
+
+def test_text_class_labels_are_recorded_with_the_run(tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i % 5},{'pass' if i % 3 else 'fail'}\n" for i in range(60))
+    (tmp_path / "grades.csv").write_text(f"a,b,outcome\n{rows}")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    overrides = ["data=csv", f"data.path={tmp_path / 'grades.csv'}", "data.target=outcome"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"tracking.uri={uri}", *tiny(*overrides)[1:]])
+    outcome = run_one(cfg, tmp_path / "out", overrides)
+    run = MlflowClient(uri).get_run(outcome.run_id)
+    assert run.data.params["data.classes"] == "['fail', 'pass']"
+    logged = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert logged["data"]["classes"] == ["fail", "pass"]

@@ -98,10 +98,17 @@ def kill_worker(folder: Path, *overrides: str) -> Outcome:
     )
 
 
-def interrupt(folder: Path, signum: int, resume: bool = True, pack: int = 1) -> Outcome:
+def interrupt(
+    folder: Path,
+    signum: int,
+    resume: bool = True,
+    again_after_s: float | None = None,
+    pack: int = 1,
+) -> Outcome:
     """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes (unless
-    `resume` is false: the next call interrupts the resumed study in turn). `pack`: trials a
-    worker trains at once (its packed trials' runs must close too)."""
+    `resume` is false: the next call interrupts the resumed study in turn). `again_after_s`:
+    the same signal a second time that long after the first (an impatient Ctrl-C Ctrl-C).
+    `pack`: trials a worker trains at once (its packed trials' runs must close too)."""
     sweep = Sweep(
         folder, "faults", "sweep.n_trials=4", "sweep.workers=2", f"sweep.pack={pack}", *SLOW
     )
@@ -109,12 +116,16 @@ def interrupt(folder: Path, signum: int, resume: bool = True, pack: int = 1) -> 
     sweep.wait_for_running_trial()
     sent = time.monotonic()
     os.kill(process.pid, signum)
+    if again_after_s is not None:
+        time.sleep(again_after_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
     process.communicate(timeout=120)
     exit_s = time.monotonic() - sent
     left = sweep.runs_left_running() + sweep.running_trials()
     parent_status = sweep.parent_status()
     note = f"exit code {process.returncode} after {exit_s:.1f} s; {left} left running"
-    name = f"sweep {signal.Signals(signum).name}"
+    name = f"sweep {signal.Signals(signum).name}{' twice' if again_after_s else ''}"
     if resume:
         note += f" before the rerun; rerun exit {sweep.run().returncode}"
         name += ", then rerun"
@@ -245,6 +256,7 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "kill-worker": kill_worker,
     "sigint": lambda folder: interrupt(folder, signal.SIGINT),
     "sigterm": lambda folder: interrupt(folder, signal.SIGTERM),
+    "sigint-twice": lambda folder: interrupt(folder, signal.SIGINT, again_after_s=0.3, pack=2),
     "kill-sweep": kill_sweep,
     "diverge": diverging,
     "fail": failing,

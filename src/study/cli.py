@@ -12,6 +12,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,21 @@ from typing import Any
 from omegaconf import DictConfig
 
 from study.errors import OneLineParser, UserError, report
-from study.paths import CONF_DIR, TrackingChoice, choose_tracking_uri, script_path
+from study.overrides import (
+    not_in_struct_hint,
+    override_key,
+    refuse_unknown_added_keys,
+    refused_key,
+    search_overrides,
+)
+from study.paths import (
+    CONF_DIR,
+    TrackingChoice,
+    choose_tracking_uri,
+    script_command,
+    script_path,
+    store_option,
+)
 from study.secrets import redact
 
 DEFAULT_CONFIG = "train"
@@ -90,6 +105,12 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
             file=sys.stderr,
         )
         return 2
+    refusal = refuse_flags(hydra_argv, config_name)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    if has_search(conf_dir / f"{config_name}.yaml"):
+        hydra_argv = search_overrides(hydra_argv)
     # Let errors reach us instead of Hydra printing a multi-line report and exiting with 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     main = hydra.main(config_path=str(conf_dir), config_name=config_name, version_base="1.3")
@@ -111,7 +132,10 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
         if user_errors:
             raise user_errors[0]
     except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        key = refused_key(error)
+        defined = _composed_without(key, conf_dir, config_name, argv) if key else None
+        hint = not_in_struct_hint(key, defined) if key and defined is not None else None
+        print(f"error: {redact(hint) if hint else one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -121,6 +145,46 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
     finally:
         sys.argv = saved_argv
     return 0
+
+
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+_SHOW_FLAGS = ("--cfg", "-c", "--info", "-i")
+
+
+def refuse_flags(hydra_argv: Sequence[str], config_name: str) -> str | None:
+    """Why Hydra would refuse these flags together (with a traceback), and what works."""
+    multirun = any(arg in _MULTIRUN_FLAGS for arg in hydra_argv)
+    shown = next((arg for arg in hydra_argv if arg.split("=")[0] in _SHOW_FLAGS), None)
+    if multirun and shown:
+        return (
+            f"{shown} shows the config without running anything, -m runs: use one of them "
+            f"(python {shlex.quote(script_path('run'))} {config_name} {shown} job ...)"
+        )
+    return None
+
+
+def has_search(config_file: Path) -> bool:
+    """Whether a primary config holds a search space (a `search` default, as conf/sweep.yaml)."""
+    import yaml
+
+    try:
+        defaults = yaml.safe_load(config_file.read_text()).get("defaults", [])
+    except (OSError, AttributeError, yaml.YAMLError):
+        return False
+    return any(isinstance(item, dict) and "search" in item for item in defaults)
+
+
+def _composed_without(
+    refused: str, conf_dir: Path, config_name: str, argv: Sequence[str]
+) -> DictConfig | None:
+    """The config composed without the override of key `refused`, to find the nearest name."""
+    from study.config import compose_config
+
+    rest = [a for a in split_config_name(argv)[1] if "=" in a and override_key(a) != refused]
+    try:
+        return compose_config(str(conf_dir), config_name, search_overrides(rest))
+    except Exception:  # the other overrides fail too: Hydra's own message then
+        return None
 
 
 _DEFAULT_STORE = "(default: MLFLOW_TRACKING_URI, else the project's)"
@@ -154,10 +218,7 @@ def run_plan(cfg: DictConfig, choices: Mapping[str, Any]) -> list[str]:
 
 def reproduce_command(run_id: str, tracking: TrackingChoice) -> str:
     """The command that reruns `run_id`, as typed from the current folder."""
-    command = f"python {shlex.quote(script_path('reproduce'))} {run_id}"
-    if tracking.source != "default":  # say where the run is, even once the variable is unset
-        command += f" --tracking-uri {shlex.quote(redact(tracking.uri))}"
-    return command
+    return script_command("reproduce", run_id) + store_option(tracking)
 
 
 def train_job(cfg: DictConfig) -> float:
@@ -167,8 +228,14 @@ def train_job(cfg: DictConfig) -> float:
 
     from study.config import validate
 
-    validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
     hydra_cfg = HydraConfig.get()
+    refuse_unknown_added_keys(
+        list(hydra_cfg.overrides.task),
+        str(CONF_DIR),
+        str(hydra_cfg.job.config_name),
+        hydra_cfg.runtime.choices,
+    )
+    validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
     config_name = hydra_cfg.job.config_name
     if hydra_cfg.mode == RunMode.RUN and config_name in MULTIRUN_CONFIGS:
         print(
@@ -258,6 +325,7 @@ def ui_main(argv: list[str] | None = None) -> int:
         return report(error)
 
 
+STAMP = "%Y-%m-%d_%H-%M-%S"  # an output folder's name, as Hydra names a run's
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # formats matplotlib always writes
 
 
@@ -282,10 +350,13 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="two or more run ids")
     parser.add_argument("--tracking-uri", help=f"store holding the runs {_DEFAULT_STORE}")
     parser.add_argument(
-        "--output", type=Path, default=Path(FIGURE), help=f"figure path (default: ./{FIGURE})"
+        "--output",
+        type=Path,
+        help=f"figure path (default: outputs/compare/<date>_<time>/{FIGURE}, as runs have theirs)",
     )
     try:
         args = parser.parse_args(argv)
+        args.output = args.output or Path("outputs", "compare", time.strftime(STAMP), FIGURE)
         check_figure_path(args.output)
         store = Store.from_uri(args.tracking_uri).must_exist(
             "pass --tracking-uri for the store that holds the runs"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from study.errors import UserError
 from study.task import CLASSIFICATION, REGRESSION
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a sweep checks data without it
+    import torch
 
 TASKS = (CLASSIFICATION, REGRESSION)
 
@@ -24,6 +27,7 @@ class Table:
     target: np.ndarray  # (n,) int class ids for classification, float for regression
     task: str
     name: str
+    classes: tuple[str, ...] = ()  # text class labels, in class-id order ("" : numeric ids)
 
     @property
     def n_classes(self) -> int:
@@ -34,6 +38,8 @@ class Table:
         digest = hashlib.sha256()
         digest.update(np.ascontiguousarray(self.features, dtype=np.float64).tobytes())
         digest.update(np.ascontiguousarray(self.target, dtype=np.float64).tobytes())
+        if self.classes:  # yes/no and no/yes give the same ids but are not the same data
+            digest.update("\n".join(self.classes).encode())
         return digest.hexdigest()[:16]
 
 
@@ -56,9 +62,12 @@ class Splits:
     task: str
     fingerprint: str
     target_scale: float = 1.0  # regression targets are standardized; metrics scale back by this
+    classes: tuple[str, ...] = ()  # text class labels, in class-id order
 
     def baseline_loss(self) -> float:
         """The training loss of the best constant predictor: the unit of the fit diagnosis."""
+        import torch
+
         target = self.train.y
         if self.task == REGRESSION:
             return float(((target - target.mean()) ** 2).mean())  # predict the mean
@@ -75,6 +84,8 @@ class Batches:
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        import torch
+
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -84,6 +95,8 @@ class Batches:
         return -(-len(self.split) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
         x, y, n = self.split.x, self.split.y, len(self.split)
         if not self.shuffle:
             for start in range(0, n, self.batch_size):
@@ -117,7 +130,9 @@ class TabularData:
         """Features and target for a model of `task`; UserError if the data cannot serve it."""
         raise NotImplementedError
 
-    def prepare(self, task: str, device: torch.device | str = "cpu") -> Splits:
+    def check(self, task: str) -> Standardized:
+        """The data for a model of `task`, split and standardized in numpy: every check a run
+        makes of its data, without torch (a sweep checks its data before it starts)."""
         table = self.load(task)
         if table.task != task:
             model = "classifier" if task == CLASSIFICATION else "regressor"
@@ -126,17 +141,63 @@ class TabularData:
                 f"data={table.name} is a {table.task} dataset but model={model} needs "
                 f"{task}: use model={fitting}"
             )
-        return split_and_standardize(
-            table, self.val_fraction, self.test_fraction, self.seed, torch.device(device)
-        )
+        return standardize(table, self.val_fraction, self.test_fraction, self.seed)
+
+    def prepare(self, task: str, device: torch.device | str = "cpu") -> Splits:
+        return self.check(task).to_splits(device)
 
     def train_batches(self, splits: Splits) -> Batches:
         return Batches(splits.train, self.batch_size, shuffle=True, seed=self.seed)
 
 
+@dataclass(frozen=True)
+class Standardized:
+    """A table split (row indices) and standardized with its training rows' statistics."""
+
+    table: Table
+    parts: list[np.ndarray]  # train, val, test row indices
+    features: np.ndarray  # (n, d) float32
+    target: np.ndarray  # class ids, or the standardized regression target
+    n_outputs: int
+    target_scale: float
+
+    def to_splits(self, device: torch.device | str = "cpu") -> Splits:
+        """The splits as tensors on `device`."""
+        import torch
+
+        device = torch.device(device)
+        dtype = torch.long if self.table.task == CLASSIFICATION else torch.float32
+        x = torch.as_tensor(self.features).to(device)
+        y = torch.as_tensor(self.target, dtype=dtype).to(device)
+
+        def take(index: np.ndarray) -> Split:
+            rows = torch.as_tensor(index, device=device)
+            return Split(x[rows], y[rows])
+
+        return Splits(
+            train=take(self.parts[0]),
+            val=take(self.parts[1]),
+            test=take(self.parts[2]),
+            n_features=x.shape[1],
+            n_outputs=self.n_outputs,
+            task=self.table.task,
+            fingerprint=self.table.fingerprint(),
+            target_scale=self.target_scale,
+            classes=self.table.classes,
+        )
+
+
 def split_and_standardize(
     table: Table, val_fraction: float, test_fraction: float, seed: int, device: torch.device
 ) -> Splits:
+    return standardize(table, val_fraction, test_fraction, seed).to_splits(device)
+
+
+def standardize(
+    table: Table, val_fraction: float, test_fraction: float, seed: int
+) -> Standardized:
+    """Seeded train/val/test rows, and features (and a regression target) standardized by the
+    training rows; UserError for data a model cannot learn from."""
     n = len(table.target)
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
     n_train = n - n_val - n_test
@@ -154,30 +215,10 @@ def split_and_standardize(
                 f"data={table.name}: the training split holds one class only, so a classifier "
                 "learns nothing: use data with at least two classes in its training rows"
             )
-        target = torch.as_tensor(table.target, dtype=torch.long)
         n_outputs = 1 if table.n_classes <= 2 else table.n_classes
-        target_scale = 1.0
-    else:
-        standardized_target, target_scale = _standardized_target(table, parts[0])
-        target = torch.as_tensor(standardized_target, dtype=torch.float32)
-        n_outputs = 1
-    x = torch.as_tensor(standardized).to(device)
-    y = target.to(device)
-
-    def take(index: np.ndarray) -> Split:
-        rows = torch.as_tensor(index, device=device)
-        return Split(x[rows], y[rows])
-
-    return Splits(
-        train=take(parts[0]),
-        val=take(parts[1]),
-        test=take(parts[2]),
-        n_features=x.shape[1],
-        n_outputs=n_outputs,
-        task=table.task,
-        fingerprint=table.fingerprint(),
-        target_scale=target_scale,
-    )
+        return Standardized(table, parts, standardized, table.target, n_outputs, 1.0)
+    standardized_target, target_scale = _standardized_target(table, parts[0])
+    return Standardized(table, parts, standardized, standardized_target, 1, target_scale)
 
 
 def _standardized_features(table: Table, train: np.ndarray) -> np.ndarray:
@@ -277,8 +318,9 @@ class SklearnData(TabularData):
 class CsvData(TabularData):
     """The user's own CSV: every column but `target` is a numeric feature.
 
-    `task: auto` treats an integer target with at most `max_classes` distinct values as class
-    labels and anything else as a regression target.
+    `task: auto` treats an integer target with at most `max_classes` distinct values, or a
+    text target (yes/no), as class labels and anything else as a regression target. Text
+    labels become class ids in `classes` order (sorted unless given; each run records it).
     """
 
     def __init__(
@@ -287,6 +329,7 @@ class CsvData(TabularData):
         target: str,
         task: str = "auto",
         max_classes: int = 20,
+        classes: Sequence[str] | None = None,
         **split: object,
     ) -> None:
         super().__init__(**split)  # type: ignore[arg-type]
@@ -296,6 +339,7 @@ class CsvData(TabularData):
         self.target = target
         self.task = task
         self.max_classes = max_classes
+        self.classes = tuple(str(label) for label in classes) if classes else ()
 
     def load(self, task: str) -> Table:
         import pandas as pd
@@ -319,29 +363,85 @@ class CsvData(TabularData):
                 f"data.target={self.target!r} is not a column of {self.path.name}: "
                 f"columns are {list(frame.columns)}"
             )
+        labels = self._text_labels(frame[self.target])
         for column in frame.columns:
+            if column == self.target and labels is not None:
+                continue
             values = pd.to_numeric(frame[column], errors="coerce")
             bad = values.isna() | ~np.isfinite(values.astype(float))
             if bad.any():
                 row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header
-                kind = "missing" if frame[column].isna().iloc[row - 2] else "non-numeric"
+                given = frame[column].iloc[row - 2]
+                kind = (
+                    "missing"
+                    if pd.isna(given)
+                    else ("infinite" if np.isinf(values.iloc[row - 2]) else "non-numeric")
+                )
                 raise UserError(
                     f"column {column!r} of {self.path.name} has a {kind} value on line {row}: "
-                    "every column must be numeric with no gaps"
+                    "every feature column must be a finite number with no gaps"
                 )
             frame[column] = values
+        if labels is not None:
+            classes = self._class_order(labels)
+            ids = {label: index for index, label in enumerate(classes)}
+            codes = np.array([ids[label] for label in labels], dtype=np.int64)
+            frame.pop(self.target)
+            self._refuse_target_only(frame)
+            self._refuse_one_class(classes)
+            return Table(frame.to_numpy(np.float64), codes, CLASSIFICATION, "csv", classes)
         target = frame.pop(self.target).to_numpy(dtype=np.float64)
-        if frame.shape[1] == 0:
-            raise UserError(f"{self.path.name} has only the target column: add feature columns")
+        self._refuse_target_only(frame)
         inferred = self._infer_task(target)
         if inferred == CLASSIFICATION:
-            labels, codes = np.unique(target, return_inverse=True)
-            if len(labels) < 2:
-                raise UserError(
-                    f"data.target={self.target!r} has one class only: a classifier needs two"
-                )
+            values, codes = np.unique(target, return_inverse=True)
+            self._refuse_one_class(values)
             return Table(frame.to_numpy(np.float64), codes.astype(np.int64), inferred, "csv")
         return Table(frame.to_numpy(np.float64), target, inferred, "csv")
+
+    def _text_labels(self, column: object) -> list[str] | None:
+        """The target's values as text labels if any is not a number (yes/no), else None."""
+        import pandas as pd
+
+        assert isinstance(column, pd.Series)
+        if column.isna().any() or pd.to_numeric(column, errors="coerce").notna().all():
+            return None  # numbers (or a gap, reported as such)
+        if self.task == REGRESSION:
+            example = next(v for v in column if pd.isna(pd.to_numeric(v, errors="coerce")))
+            raise UserError(
+                f"data.task=regression but data.target={self.target!r} holds text "
+                f"({str(example)!r}): a regression target must be numeric"
+            )
+        return [str(value).strip() for value in column]
+
+    def _class_order(self, labels: list[str]) -> tuple[str, ...]:
+        """The class ids of text labels: `classes` if given (a run's record), else sorted."""
+        found = sorted(set(labels))
+        if not self.classes:
+            if len(found) > self.max_classes:
+                raise UserError(
+                    f"data.target={self.target!r} holds {len(found)} different text labels, "
+                    f"more than data.max_classes={self.max_classes}: raise data.max_classes "
+                    "if each is a class, or choose another target column"
+                )
+            return tuple(found)
+        unknown = [label for label in found if label not in self.classes]
+        if unknown:
+            raise UserError(
+                f"data.target={self.target!r} holds {unknown[0]!r}, which is not in "
+                f"data.classes={list(self.classes)}: add it, or set data.classes=null"
+            )
+        return self.classes
+
+    def _refuse_target_only(self, frame: object) -> None:
+        if getattr(frame, "shape", (0, 0))[1] == 0:
+            raise UserError(f"{self.path.name} has only the target column: add feature columns")
+
+    def _refuse_one_class(self, classes: Sequence[object] | np.ndarray) -> None:
+        if len(classes) < 2:
+            raise UserError(
+                f"data.target={self.target!r} has one class only: a classifier needs two"
+            )
 
     def _refuse_duplicate_columns(self, names: list[str]) -> None:
         """UserError naming the repeated column names: pandas would rename them (`hours.1`)."""

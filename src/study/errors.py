@@ -1,15 +1,18 @@
 """How a command ends: UserError (the user asked for something we cannot do), how errors reach
-the console, and a quick exit once the work is done."""
+the console, a quick exit once the work is done, and a clean one when interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import errno
 import os
+import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from typing import NoReturn
 
 from study.secrets import redact
@@ -76,3 +79,30 @@ def exit_now(code: int) -> NoReturn:
         except (OSError, ValueError):  # closed, or a pipe nobody reads anymore
             code = code or 1
     os._exit(code)
+
+
+@contextlib.contextmanager
+def interrupt_once(note: str = "") -> Iterator[None]:
+    """Inside: SIGINT and SIGTERM raise KeyboardInterrupt the first time; a later one only
+    writes `note` on stderr, so that it cannot cut short the clean-up the first one started
+    (workers closing their runs, trials failed, the parent run closed). An impatient second
+    Ctrl-C used to leave trials RUNNING. Handlers are restored on leaving."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+
+    def again(signum: int, frame: object) -> None:
+        if note:  # os.write: a print here could re-enter a print the handler interrupted
+            os.write(2, f"{note}\n".encode())
+
+    def first(signum: int, frame: object) -> None:
+        for each in signals:
+            signal.signal(each, again)
+        raise KeyboardInterrupt
+
+    for signum in signals:
+        signal.signal(signum, first)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -57,6 +57,23 @@ def choose_tracking_uri(given: str | None) -> TrackingChoice:
     return TrackingChoice(uri, source)
 
 
+def store_option(tracking: TrackingChoice) -> str:
+    """` --tracking-uri URI` for a command that must find the store a run used, even once
+    MLFLOW_TRACKING_URI is unset; "" for the default store."""
+    import shlex
+
+    if tracking.source == "default":
+        return ""
+    return f" --tracking-uri {shlex.quote(redact(tracking.uri))}"
+
+
+def script_command(name: str, *args: str) -> str:
+    """`python scripts/NAME.py ARGS`, runnable from the current folder: args shell-quoted."""
+    import shlex
+
+    return " ".join(["python", shlex.quote(script_path(name)), *map(shlex.quote, args)])
+
+
 def script_path(name: str, cwd: Path | None = None) -> str:
     """scripts/`name`.py as a user in `cwd` types it: relative, unless absolute is shorter."""
     script = SCRIPTS_DIR / f"{name}.py"

@@ -1,21 +1,25 @@
 """A run's data, loaded, split and standardized on its training device.
 
 Free of Lightning, like the packed engine, so that a packed worker never imports Lightning
-(~5 s a process here).
+(~5 s a process here); free of torch until tensors are made, so that a sweep checks its data
+(check_data) before it writes anything or imports torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from study.data import Splits, TabularData
+from study.data import Splits, Standardized, TabularData
 from study.errors import UserError
 from study.task import model_task
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -25,6 +29,8 @@ class PreparedData:
 
 
 def resolve_device(accelerator: str) -> torch.device:
+    import torch
+
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is visible here: "
@@ -35,19 +41,37 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_data(cfg: DictConfig) -> PreparedData:
-    """Load, split and standardize the data on the training device; UserError if unusable."""
+def check_data(cfg: DictConfig) -> tuple[TabularData, Standardized]:
+    """The run's data loaded, split and standardized in numpy, with every check a run makes of
+    it (no torch); UserError if unusable. The same check for a single run and a sweep."""
     try:
         data: TabularData = instantiate(cfg.data)
     except InstantiationException as error:  # Hydra wraps what the constructor raised
         if isinstance(error.__cause__, UserError):
             raise error.__cause__ from None
         raise
-    task = model_task(str(cfg.model._target_)).name
-    return PreparedData(data, data.prepare(task, resolve_device(cfg.trainer.accelerator)))
+    return data, data.check(model_task(str(cfg.model._target_)).name)
+
+
+def record_classes(cfg: DictConfig, checked: Standardized) -> None:
+    """Text class labels (yes/no) in `cfg` as `data.classes`, in class-id order: the config a
+    run logs then rebuilds the same class ids whatever the labels it meets."""
+    if checked.table.classes and "classes" in cfg.data:
+        cfg.data.classes = OmegaConf.create(list(checked.table.classes))
+
+
+def prepare_data(cfg: DictConfig) -> PreparedData:
+    """Load, split and standardize the data on the training device; UserError if unusable.
+    Text class labels are recorded in `cfg` (record_classes)."""
+    data, checked = check_data(cfg)
+    device = resolve_device(cfg.trainer.accelerator)
+    record_classes(cfg, checked)
+    return PreparedData(data, checked.to_splits(device))
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         index = device.index or 0
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -15,15 +16,53 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import check_stored_config, validate
 from study.diagnosis import CURVES  # compared epoch by epoch, not only at the end
 from study.errors import UserError
+from study.paths import TrackingChoice, choose_tracking_uri, script_command, store_option
 from study.run import CONFIG_ARTIFACT, run_one
 from study.tracking import RUN_STORE_HINT, Store, find_run
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
 
 
-def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictConfig, str]:
+def refuse_unrerunnable(run: Run, tracking: TrackingChoice) -> None:
+    """UserError for a run that holds nothing to compare: a study's parent run, or one that
+    did not finish (KILLED, FAILED, or still RUNNING)."""
+    run_id, tags = run.info.run_id, run.data.tags
+    if "sweep.storage" in tags and "trial_number" not in tags:  # study.sweep.driver's parent
+        best = tags.get("best_run_id")
+        example = (
+            f", e.g. its best: {script_command('reproduce', best)}{store_option(tracking)}"
+            if best
+            else ""
+        )
+        raise UserError(
+            f"run {run_id} is the parent run of study {tags.get('study', '?')!r}: it trained "
+            f"nothing itself; reproduce one of its trials{example}"
+        )
+    status = run.info.status
+    if status in ("KILLED", "FAILED"):
+        why = f" ({tags['error']})" if tags.get("error") else ""
+        raise UserError(f"run {run_id} was {status} before it finished{why}: nothing to compare")
+    if status != "FINISHED":
+        raise UserError(
+            f"run {run_id} is {status}: it has not finished (or its process died and a rerun of "
+            "its command will close it): nothing to compare yet"
+        )
+
+
+def cut_short(run: Run) -> int | None:
+    """The epochs a trial its pruner stopped (or that diverged) ran; None for any other run."""
+    if run.data.tags.get("trial_state") != "PRUNED":
+        return None
+    epochs = run.data.metrics.get("stopped_epoch")
+    return int(epochs) if epochs else None
+
+
+def fetch_config(
+    client: MlflowClient, run_id: str, store: Store, tracking_uri: str | None = None
+) -> tuple[DictConfig, str]:
     """The run's logged config and its experiment's name; UserError if either is missing."""
     run = find_run(client, run_id, store.uri)
+    refuse_unrerunnable(run, choose_tracking_uri(tracking_uri))
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = client.download_artifacts(run_id, CONFIG_ARTIFACT, folder)
@@ -43,6 +82,13 @@ def fetch_config(client: MlflowClient, run_id: str, store: Store) -> tuple[DictC
         raise UserError(f"run {run_id}: its {CONFIG_ARTIFACT} is not a mapping of config keys")
     check_stored_config(cfg, f"run {run_id}'s {CONFIG_ARTIFACT}")
     validate(cfg)
+    epochs = cut_short(run)
+    if epochs is not None:  # the rerun stops where the pruner stopped the trial
+        cfg.trainer.max_epochs = epochs
+        print(
+            f"run {run_id} was stopped by its study at epoch {epochs} "
+            f"({run.data.tags.get('reason', 'pruned')}): comparing the {epochs} epochs it ran"
+        )
     experiment = client.get_experiment(run.info.experiment_id)
     cfg.tracking.experiment = experiment.name
     threads = run.data.tags.get("torch.threads")
@@ -79,7 +125,7 @@ def compare(client: MlflowClient, original_id: str, reproduced_id: str) -> tuple
 def reproduce(run_id: str, tracking_uri: str | None = None, output_dir: Path | None = None) -> int:
     store = Store.from_uri(tracking_uri).must_exist(RUN_STORE_HINT)
     client = store.client()
-    cfg, name = fetch_config(client, run_id, store)
+    cfg, name = fetch_config(client, run_id, store, tracking_uri)
     cfg.tracking.uri = tracking_uri
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     output_dir = output_dir or Path("outputs") / "reproduce" / f"{run_id}_{stamp}"

@@ -26,6 +26,7 @@ from study.epochs import EpochJudge, EpochReport, EpochRules, FitResult
 from study.models import EpochLoader, MLPModel, epoch_history
 from study.prepare import PreparedData, device_name, prepare_data
 from study.run_log import RunLog
+from study.terminal import redraws
 
 
 def quiet_lightning() -> None:
@@ -167,7 +168,7 @@ class EpochProgress(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.max_epochs or 0
-        if self.stream.isatty():
+        if redraws(self.stream):
             # A terminal that reports no size (a bare pty) gets 80x24: tqdm would draw nothing.
             columns, lines = shutil.get_terminal_size()
             self._bar = tqdm(

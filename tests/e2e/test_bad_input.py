@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import all_runs, cli, copy_store, one_error_line, tiny
 from study.sweep.backends import make_storage
+from study.sweep.pool import visible_gpus
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-8c1e2f"  # must never be shown
@@ -47,7 +48,26 @@ CSVS = {
     "constant_target.csv": "a,y\n" + "".join(f"{i},2.5\n" for i in range(30)),
     "huge_features.csv": "a,y\n" + "".join(f"{(-1) ** i}e308,{i % 2}\n" for i in range(30)),
     "huge_targets.csv": "a,y\n" + "".join(f"{i},{(-1) ** i}e200\n" for i in range(30)),
+    "infinite.csv": "a,y\n1,0\ninf,1\n3,0\n4,1\n",
+    "e300.csv": "a,y\n" + "".join(f"{(-1) ** i}e300,{i % 2}\n" for i in range(30)),
+    "one_row.csv": "a,y\n1,0\n",  # one row: one class too, refused as such first
+    "target_only.csv": "y\n" + "".join(f"{i % 2}\n" for i in range(30)),
+    "regression_target.csv": "a,y\n" + "".join(f"{i},{i * 0.37:.2f}\n" for i in range(30)),
 }
+# Bad data: a sweep gives the line a single run gives, before anything is written.
+BAD_DATA = [
+    ("gap", "gap.csv", ["'b'", "missing", "line 4"]),
+    ("string-column", "string_column.csv", ["'b'", "non-numeric", "line 2"]),
+    ("infinite", "infinite.csv", ["'a'", "infinite", "line 3"]),
+    ("1e300", "e300.csv", ["feature values too large"]),
+    ("one-row", "one_row.csv", ["one class only"]),
+    ("one-class", "one_class.csv", ["data.target='y'", "one class"]),
+    ("header-only", "header_only.csv", ["header but no rows"]),
+    ("empty", "empty.csv", ["empty"]),
+    ("target-only", "target_only.csv", ["only the target column"]),
+    ("classifier-on-regression", "regression_target.csv", ["regression", "model=regressor"]),
+]
+RUN_CSV_CASES = {"gap", "string-column", "one-class", "header-only", "empty"}  # below, as csv-*
 # Dotted keys cannot be added to `search` from the command line (`+search.KEY=` takes top-level
 # keys only), so a user puts a search space of their own in a file and passes --config-dir.
 SEARCHES = {
@@ -136,6 +156,18 @@ CASES = [
         ["tracking.uri=sqlite:////proc/study/mlflow.db"],
         ["tracking.uri=", "/proc/study", "cannot be created"],
     ),
+    run(
+        "min-delta-negative", ["trainer.early_stopping.min_delta=-0.1"], ["min_delta=-0.1", ">= 0"]
+    ),
+    run("engine-unknown", ["trainer.engine=turbo"], ["trainer.engine='turbo'", "single, packed"]),
+    run("grid-syntax-in-one-run", ["optimizer.lr=0.1,0.2"], ["optimizer.lr=0.1,0.2", "list"]),
+    run(
+        "added-unknown-key",
+        ["+optimizer.learning_rate=0.1"],
+        ["+optimizer.learning_rate=0.1", "keys of optimizer are lr, weight_decay"],
+    ),
+    run("misspelled-key", ["trainer.max_epoch=3"], ["did you mean trainer.max_epochs?"]),
+    run("misspelled-section", ["optimiser.lr=0.1"], ["did you mean optimizer.lr?"]),
     # --- CSV data ---------------------------------------------------------------------------
     run("csv-missing", [*CSV, "data.path={csv}/absent.csv"], ["absent.csv", "does not exist"]),
     run("csv-empty", [*CSV, "data.path={csv}/empty.csv"], ["empty"]),
@@ -175,6 +207,12 @@ CASES = [
         [*CSV, "data.path={csv}/one_class.csv", "data.task=x"],
         ["data.task='x'"],
     ),
+    *[
+        kind(f"{kind.__name__}-csv-{name}", [*CSV, f"data.path={{csv}}/{file}"], fragments)
+        for kind in (run, sweep)
+        for name, file, fragments in BAD_DATA
+        if kind is sweep or name not in RUN_CSV_CASES
+    ],
     # --- search spaces (scripts/run.py -m sweep) --------------------------------------------
     sweep("search-type-unknown", ["search=unknown_type"], ["search.optimizer.lr.type='uniform'"]),
     sweep("search-int-reversed", ["search=int_reversed"], ["trainer.max_epochs", "low=10"]),
@@ -216,6 +254,26 @@ CASES = [
     sweep("devices-not-visible", ["sweep.devices=[7]"], ["GPU 7", "not visible"]),
     sweep("metric-never-logged", ["sweep.metric=val/r2"], ["sweep.metric='val/r2'", "never"]),
     sweep("search-low-nan", ["+search.x={{type:float,low:nan,high:1}}"], ["low=nan", "finite"]),
+    sweep("retries-negative", ["sweep.retries=-1"], ["sweep.retries=-1", ">= 0"]),
+    sweep("heartbeat-zero", ["sweep.heartbeat_s=0"], ["sweep.heartbeat_s=0", ">= 1"]),
+    sweep("threads-zero", ["sweep.threads_per_worker=0"], ["threads_per_worker=0", ">= 1"]),
+    sweep("grid-syntax-in-a-study", ["optimizer.lr=0.1,0.2"], ["is a Hydra sweep", "search.*"]),
+    sweep("added-unknown-sweep-key", ["+sweep.n_trial=5"], ["did you mean sweep.n_trials?"]),
+    sweep("misspelled-sweep-key", ["sweep.n_trial=5"], ["did you mean sweep.n_trials?"]),
+    sweep("multirun-with-cfg", ["--cfg", "job"], ["--cfg shows the config", "-m runs"]),
+    sweep(
+        "search-range-of-no-such-path",
+        ["search.model.nope.high=0.3"],
+        ["search.model.nope", "not a config path"],
+    ),
+    *(
+        []
+        if visible_gpus()  # these need a machine without one
+        else [
+            run("gpu-without-gpu", ["trainer.accelerator=gpu"], ["accelerator=gpu", "no CUDA"]),
+            sweep("gpu-without-gpu-sweep", ["trainer.accelerator=gpu"], ["no CUDA GPU"]),
+        ]
+    ),
     # --- storage URLs -----------------------------------------------------------------------
     sweep(
         "storage-unreachable",
@@ -226,6 +284,11 @@ CASES = [
         "storage-no-such-database",
         ["sweep.storage=postgresql://root@127.0.0.1:5432/study_no_such_db"],
         ["sweep.storage=", "study_no_such_db", "does not exist"],
+    ),
+    sweep(
+        "storage-sqlite-path",
+        ["sweep.storage={csv}/optuna.db"],
+        ["names a SQLite file", "sqlite:///", "/optuna.db", ".journal"],
     ),
     sweep(
         "storage-unwritable-journal",

@@ -54,6 +54,14 @@ def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(tmp_path
     assert "KILLED" in statuses and "RUNNING" not in statuses
 
 
+def test_two_ctrl_c_in_a_row_still_close_every_trial_and_run(tmp_path: Path) -> None:
+    # The second Ctrl-C lands while the workers close their runs: it must not cut that short.
+    outcome = interrupt(tmp_path, signal.SIGINT, resume=False, again_after_s=0.3, pack=2)
+    assert outcome.runs_left_running == 0 and outcome.trials_left_running == 0, outcome
+    assert outcome.exit_code not in (0, None), outcome
+    assert outcome.parent_status == "KILLED", outcome
+
+
 def test_a_rerun_fails_the_trials_a_dead_sweep_left_running(tmp_path: Path) -> None:
     outcome = kill_sweep(tmp_path)
     assert outcome.ok, outcome

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from helpers import all_runs, cli, one_error_line, server_command, wait_until_up
 from study.sweep.backends import FINISHED, make_storage
+from study.sweep.definition import DEFINITION_ATTR
 from study.sweep.spec import WORKER_MODULE
 from study.tracking import Store
 from study.ui import server_env
@@ -243,6 +244,56 @@ def test_resuming_with_a_command_that_means_another_study_is_refused(
     assert not (sweep.work / "other.journal").exists()
 
 
+def test_a_finished_study_says_so_without_workers_torch_or_mlflow(
+    study_sweep: ResumedStudy, tmp_path: Path
+) -> None:
+    sweep = study_sweep.sweep
+    command = ["sweep.study_name=tiny", "sweep.workers=2", "sweep.pack=2", *TINY]
+    probe = {**import_probe(tmp_path), "STUDY_IMPORT_WATCH": "torch,mlflow"}
+    result = _script(
+        RUN,
+        "-m",
+        "sweep",
+        *sweep.private(),
+        *command,
+        "sweep.n_trials=7",
+        cwd=sweep.work,
+        env=probe,
+    )
+    assert result.returncode == 0, result.stderr
+    best = sweep.study().best_trial
+    assert result.stdout.splitlines() == [
+        f"study tiny: 7/7 trials finished, nothing to do; best value {best.value:.6g} "
+        f"(trial {best.number}); raise sweep.n_trials to extend it"
+    ]
+    [record] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]  # no worker
+    assert record["imported"] == []
+
+
+def test_a_changed_study_is_refused_before_torch_mlflow_or_workers(
+    study_sweep: ResumedStudy, tmp_path: Path
+) -> None:
+    sweep = study_sweep.sweep
+    command = ["sweep.study_name=tiny", "sweep.workers=2", *TINY, "sweep.n_trials=9"]
+    probe = {**import_probe(tmp_path), "STUDY_IMPORT_WATCH": "torch,mlflow"}
+    result = _script(
+        RUN, "-m", "sweep", *sweep.private(), *command, "data.noise=3.0", cwd=sweep.work, env=probe
+    )
+    assert "created with data.noise=8.0, this command has data.noise=3.0" in one_error_line(result)
+    [record] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]  # no worker
+    assert record["imported"] == []
+    assert len(sweep.trials()) == 7
+
+
+def test_the_first_line_names_the_study_its_workers_and_its_stores(
+    study_sweep: ResumedStudy,
+) -> None:
+    sweep = study_sweep.sweep
+    first = study_sweep.first_stdout.splitlines()[0]
+    assert first.startswith("study tiny: 0/5 trials finished; 2 workers on cpu"), first
+    assert f"storage {sweep.storage}; MLflow {sweep.tracking_uri}" in first
+
+
 def test_the_study_is_an_experiment_named_after_it_in_the_model_training_view(
     study_sweep: ResumedStudy,
 ) -> None:
@@ -380,7 +431,7 @@ def test_the_summary_prints_best_value_params_counts_and_a_rerun_command(
         name: str(best.params[name]) for name in SEARCHED
     }  # the table's own rows: the rerun line holds the same values
     assert f"best config: {sweep.sweep_dir / 'best_config.yaml'}" in out
-    assert "rerun it: python scripts/run.py " in out
+    assert "rerun it: python " in out
 
 
 def test_the_summary_links_to_the_studys_runs_in_the_model_training_view(
@@ -420,8 +471,10 @@ def test_the_printed_rerun_command_trains_the_best_config_as_one_run(
     best = sweep.study().best_trial
     [line] = [line for line in sweep.stdout.splitlines() if line.startswith("rerun it: ")]
     argv = shlex.split(line.removeprefix("rerun it: "))
-    assert argv[:2] == ["python", "scripts/run.py"]
-    result = _script(RUN, *argv[2:], cwd=sweep.work)
+    assert argv[0] == "python" and (sweep.work / argv[1]).resolve() == RUN
+    result = subprocess.run(  # as printed, from the folder the study ran in (not the project)
+        [sys.executable, *argv[1:]], cwd=sweep.work, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     client = sweep.client()
     experiment = client.get_experiment_by_name("study")  # single runs' experiment, not the study's
@@ -619,6 +672,8 @@ def pruning_sweeps(tmp_path_factory: pytest.TempPathFactory, user_conf: Path) ->
             *TINY,
             f"trainer.max_epochs={PRUNE_EPOCHS}",
             "trainer.early_stopping.enabled=false",
+            # A range changed on the command line (test_a_search_range_changed_on_the_command_line)
+            *(["search.model.dropout.high=0.3"] if pruner == "none" else []),
             config_dir=user_conf,
         )
         return pruner, sweep
@@ -644,6 +699,38 @@ def test_a_search_file_from_a_config_dir_reaches_the_workers(
     assert all(t.state in FINISHED for t in trials)  # workers composed search=hopeless
     lr = trials[0].distributions["optimizer.lr"]
     assert (lr.low, lr.high, lr.log) == (1e-5, 1e-1, True)
+
+
+def test_a_search_range_changed_on_the_command_line_is_the_studys_range(
+    pruning_sweeps: dict[str, Sweep],
+) -> None:
+    study = pruning_sweeps["none"].study()
+    recorded = json.loads(study.user_attrs[DEFINITION_ATTR])["search.model.dropout"]
+    dropout = optuna.distributions.json_to_distribution(recorded)
+    assert (dropout.low, dropout.high) == (0.0, 0.3)  # the file's range said 0.5
+    assert all(0.0 <= t.params["model.dropout"] <= 0.3 for t in study.trials)
+    lr = json.loads(study.user_attrs[DEFINITION_ATTR])["search.optimizer.lr"]
+    assert optuna.distributions.json_to_distribution(lr).low == 1e-5  # the rest as the file says
+
+
+def test_a_pruned_trial_reproduces_the_epochs_it_ran(
+    pruning_sweeps: dict[str, Sweep], tmp_path: Path
+) -> None:
+    sweep = pruning_sweeps["median"]
+    trial = _pruned(sweep)[0]
+    copy = tmp_path / "mlflow.db"  # the reproduction adds no run to the shared study
+    with (
+        contextlib.closing(sqlite3.connect(sweep.work / "mlruns" / "mlflow.db")) as source,
+        contextlib.closing(sqlite3.connect(copy)) as target,
+    ):
+        source.backup(target)
+    run_id = trial.user_attrs["mlflow_run_id"]
+    result = _script(REPRODUCE, run_id, "--tracking-uri", f"sqlite:///{copy}", cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    epochs = trial.user_attrs["epochs"]
+    assert f"run {run_id} was stopped by its study at epoch {epochs}" in result.stdout
+    assert f"val/loss ({epochs} ep)" in result.stdout
+    assert result.stdout.rstrip().endswith("identical")
 
 
 def test_a_pruned_trials_child_run_is_marked_pruned_with_its_shorter_curve(

@@ -14,7 +14,12 @@ import sys
 from pathlib import Path
 
 FOLDER = os.environ.get("STUDY_IMPORT_PROBE")
-WATCHED = ("pytorch_lightning", "lightning_fabric", "torchmetrics")
+# $STUDY_IMPORT_WATCH (comma-separated) names others, e.g. torch,mlflow.
+WATCHED = tuple(filter(None, os.environ.get("STUDY_IMPORT_WATCH", "").split(","))) or (
+    "pytorch_lightning",
+    "lightning_fabric",
+    "torchmetrics",
+)
 
 
 def write(folder: str) -> None:

@@ -93,3 +93,24 @@ def test_resuming_in_another_tracking_store_is_refused_and_writes_nothing(
     with pytest.raises(UserError, match=r"study 's' is tracked in another MLflow store: its"):
         open_parent_run(study, elsewhere, other_client, plan, OmegaConf.create())
     assert [e.name for e in other_client.search_experiments()] == ["Default"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        (None, "(after python {ui})"),  # the default store: ui.py opens it by itself
+        ("sqlite:///{tmp}/elsewhere.db", "(after python {ui} --tracking-uri sqlite:///{tmp}/"),
+        ("http://mlflow-host:5000", "browse: http://mlflow-host:5000/#/experiments/3/runs"),
+    ],
+)
+def test_the_browse_hint_names_the_store_unless_it_is_the_default(
+    tmp_path: Path, uri: str | None, shown: str
+) -> None:
+    from study.paths import choose_tracking_uri, script_path
+    from study.sweep.driver import browse_hint
+
+    uri = uri.format(tmp=tmp_path) if uri else None
+    hint = browse_hint(choose_tracking_uri(uri), "3")
+    assert shown.format(ui=script_path("ui"), tmp=tmp_path) in hint
+    if uri is None:
+        assert "--tracking-uri" not in hint

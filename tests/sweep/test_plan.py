@@ -119,7 +119,18 @@ def test_trials_in_flight_are_the_workers_packs_and_follow_a_capped_plan(
 ) -> None:
     plan = make_plan("sweep.workers=2", "sweep.pack=3", "sweep.n_trials=10")
     assert plan.in_flight == 6  # what the median pruner waits for (study.sweep.backends)
-    assert plan.capped_to(1).in_flight == 3
+    assert plan.capped_to(4).in_flight == 4  # two workers, packs of two
+    assert plan.capped_to(1).in_flight == 1
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_a_pack_larger_than_the_study_is_capped_and_says_so(make_plan: MakePlan) -> None:
+    plan = make_plan("sweep.workers=2", "sweep.pack=1000", "sweep.n_trials=8")
+    assert (plan.settings.pack, plan.in_flight) == (4, 8)
+    assert plan.pack_note == " (sweep.pack=1000 capped: 8 trials for 2 workers)"
+    resumed = plan.capped_to(3)
+    assert (resumed.pack, resumed.in_flight) == (1, 2)
+    assert resumed.pack_note == " (sweep.pack=4 capped: 3 trials left for 2 workers)"
 
 
 def test_a_folder_as_storage_is_refused(make_plan: MakePlan, tmp_path: Path) -> None:
@@ -268,3 +279,20 @@ def test_a_pack_of_trials_that_cannot_share_it_is_refused_naming_the_path() -> N
 def test_a_pack_size_that_is_not_auto_or_a_positive_integer_is_refused(setting: object) -> None:
     with pytest.raises(UserError, match=r"sweep.pack=.* is out of range"):
         pack_size(setting, _cfg(), [LR], 64, CPU2)
+
+
+def test_text_class_labels_reach_every_trials_config(make_plan: MakePlan, tmp_path: Path) -> None:
+    rows = "".join(f"{i},{i % 7},{'yes' if i % 3 else 'no'}\n" for i in range(60))
+    (tmp_path / "answers.csv").write_text(f"a,b,answer\n{rows}")
+    plan = make_plan("data=csv", f"data.path={tmp_path / 'answers.csv'}", "data.target=answer")
+    assert list(plan.base_config.data.classes) == ["no", "yes"]  # what workers build trials from
+    assert plan.definition["data.classes"] == ["no", "yes"]
+
+
+def test_bad_data_is_refused_by_the_plan_before_anything_is_written(
+    make_plan: MakePlan, tmp_path: Path
+) -> None:
+    (tmp_path / "gap.csv").write_text("a,b,y\n1,2,0\n3,,1\n")
+    with pytest.raises(UserError, match=r"'b' of gap.csv has a missing value on line 3"):
+        make_plan("data=csv", f"data.path={tmp_path / 'gap.csv'}", "data.target=y")
+    assert not (tmp_path / "study.journal").exists() and not (tmp_path / "sweep").exists()

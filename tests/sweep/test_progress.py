@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 from pathlib import Path
 
 import optuna
+import pytest
 
 from study.sweep.backends import make_storage
 from study.sweep.progress import ProgressLine, Tally, read_tally
+from study.sweep.spec import Finished
 
 LINE = re.compile(
     r"^\[(?P<name>\S+)\] (?P<finished>\d+)/(?P<total>\d+) finished, (?P<pruned>\d+) pruned, "
@@ -68,3 +72,29 @@ def test_the_tally_of_a_study_with_no_complete_trial_has_no_best(tmp_path: Path)
     study = optuna.create_study(study_name="s", storage=make_storage(str(tmp_path / "j.journal")))
     study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
     assert read_tally(study, n_trials=4) == Tally(4, finished=1, pruned=1)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("env", "redrawn"),
+    [({"TERM": "xterm"}, True), ({"TERM": "dumb"}, False), ({"NO_COLOR": "1"}, False)],
+)
+def test_the_line_is_redrawn_only_on_a_terminal_that_takes_escape_codes(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], redrawn: bool
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    progress = ProgressLine("lecture", 20, lambda: Tally(20, finished=1))
+    progress.on_event(Finished(number=0, state="COMPLETE", value=0.5))
+    progress.close()
+    assert ("\033[K" in terminal.getvalue()) is redrawn
+    assert ("\r" in terminal.getvalue()) is redrawn
+    assert "[lecture] 1/20 finished" in terminal.getvalue()

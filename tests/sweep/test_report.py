@@ -211,3 +211,34 @@ def test_no_plot_before_a_trial_completes(tmp_path: Path) -> None:
     study = optuna.create_study()
     study.tell(study.ask(), state=PRUNED)
     assert save_plots(study, tmp_path) == []
+
+
+def test_the_rerun_command_runs_as_printed_with_spaces_unicode_and_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+    import subprocess
+
+    from study.paths import SCRIPTS_DIR
+    from study.sweep.report import best_config_command
+
+    overrides = [
+        "data=csv",
+        "data.target='réussi ✓'",  # quoted for Hydra, as a user types it
+        "data.path=my data/grades.csv",
+        "model.hidden_sizes=[8,8]",
+        "sweep.n_trials=5",  # the study's own: not part of a single run
+    ]
+    trial = optuna.trial.create_trial(value=0.1, user_attrs={"overrides": overrides})
+    monkeypatch.chdir(tmp_path)  # another folder than the project's
+    command = best_config_command(trial)
+    words = shlex.split(command)
+    assert words[2:] == overrides[:-1]  # each override back as one word, as it was given
+    assert words[0] == "python" and (tmp_path / words[1]).resolve() == SCRIPTS_DIR / "run.py"
+    echoed = subprocess.run(
+        ["bash", "-c", f"printf '%s\\n' {command.removeprefix('python ')}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert echoed[1:] == overrides[:-1]  # what a shell hands scripts/run.py

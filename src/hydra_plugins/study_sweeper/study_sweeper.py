@@ -42,7 +42,15 @@ class StudySweeper(Sweeper):
             choices,
         )
         from study.sweep.pool import EarlyWorkers
+        from study.sweep.resume import nothing_to_do, read_study
 
+        # A study that means something else, or has nothing left to run, answers before any
+        # worker starts or MLflow is imported.
+        state = read_study(plan)
+        if state.finished >= plan.settings.n_trials:
+            print(nothing_to_do(plan))
+            return []
+        plan = plan.capped_to(plan.settings.n_trials - state.finished)
         # The workers import (~4 s) while the parent imports MLflow and opens the study.
         with EarlyWorkers(plan.slots, plan.sweep_dir, plan.threads) as early:
             from study.sweep.driver import run_sweep  # MLflow: after the plan is checked

@@ -61,6 +61,7 @@ def make_pruner(name: str, max_epochs: int, in_flight: int = 1) -> optuna.pruner
     raise UserError(f"sweep.pruner={name!r} is unknown: use one of {', '.join(PRUNERS)}")
 
 
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")  # a path is a journal file, whatever its name
 _RDB_URL = re.compile(r"^(sqlite|postgresql|mysql|oracle|mssql)(\+\w+)?://")
 
 
@@ -78,6 +79,12 @@ def check_storage_url(url: str) -> None:
         raise UserError(
             f"sweep.storage={shown!r} is not a storage Optuna can use: give a journal file path, "
             "sqlite:///file.db or postgresql://user@host:5432/db"
+        )
+    if Path(url).suffix.lower() in SQLITE_SUFFIXES:
+        absolute = Path(url).expanduser().absolute()
+        raise UserError(
+            f"sweep.storage={shown!r} names a SQLite file, but a path is read as a journal "
+            f"file: write sqlite:///{absolute} for SQLite, or a path ending in .journal"
         )
     if Path(url).expanduser().is_dir():
         raise UserError(

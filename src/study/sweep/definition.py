@@ -78,6 +78,9 @@ def check_same_study(study_name: str, recorded: str, definition: dict[str, Any])
     before = json.loads(recorded)
     now = json.loads(encode(definition))  # as recorded: JSON types (tuples are lists)
     for key in [*now, *(key for key in before if key not in now)]:
+        # A key added to the configs since the study began, at its default null, means the same.
+        if before.get(key) is None and now.get(key) is None:
+            continue
         if key not in before or key not in now or before[key] != now[key]:
             raise UserError(
                 f"study {study_name!r} was created with {key}={_shown(before, key)}, this "

@@ -6,7 +6,6 @@ run, run the worker pool, and summarize. Called by the Hydra sweeper for
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 
 import optuna
@@ -16,10 +15,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import distribution_to_json
 
-from study.errors import UserError
+from study.errors import UserError, interrupt_once
+from study.paths import TrackingChoice, choose_tracking_uri, script_command, store_option
 from study.secrets import redact
 from study.sweep.backends import (
-    FINISHED,
     StudyLock,
     make_pruner,
     make_sampler,
@@ -27,15 +26,17 @@ from study.sweep.backends import (
     quiet_optuna,
     storage_exists,
 )
-from study.sweep.definition import DEFINITION_ATTR, check_same_study, encode
+from study.sweep.definition import DEFINITION_ATTR, encode
 from study.sweep.plan import SweepPlan
 from study.sweep.pool import SPEC_FILE, EarlyWorkers, Scheduler
 from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.recovery import Recovery
 from study.sweep.report import finish_parent_run, import_plotting_meanwhile
+from study.sweep.resume import check_study
 from study.sweep.spec import WorkerSpec
 from study.tracking import EXPERIMENT_KIND_TAG, Store, configure_process, runs_url
 
+STILL_STOPPING = "still stopping: the workers are closing their runs (a few seconds)"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attribute naming its parent run
 
 
@@ -55,20 +56,8 @@ def open_study(plan: SweepPlan, client: MlflowClient) -> optuna.Study:
         sampler=make_sampler(settings.sampler, settings.seed),
         pruner=make_pruner(settings.pruner, settings.max_epochs, plan.in_flight),
     )
-    if study.direction.name.lower() != settings.direction:
-        raise UserError(
-            f"study {settings.study_name!r} exists with direction "
-            f"{study.direction.name.lower()}: use another sweep.study_name"
-        )
+    check_study(study, plan)
     recorded = study.user_attrs.get(DEFINITION_ATTR)
-    if recorded is not None:
-        check_same_study(settings.study_name, recorded, plan.definition)
-    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    if finished > settings.n_trials:
-        raise UserError(
-            f"study {settings.study_name!r} has {finished} finished trials, more than "
-            f"sweep.n_trials={settings.n_trials}: set sweep.n_trials above {finished} to extend it"
-        )
     if recorded is None:  # a new study, or one made before studies recorded their definition
         study.set_user_attr(DEFINITION_ATTR, encode(plan.definition))
     return study
@@ -149,12 +138,22 @@ def worker_spec(
     )
 
 
+def browse_hint(tracking: TrackingChoice, experiment_id: str) -> str:
+    """Where to see the study's runs: its server, or the UI on its store (named unless it is
+    the default one, which scripts/ui.py opens by itself)."""
+    if tracking.uri.startswith(("http://", "https://")):  # a server
+        return f"browse: {runs_url(redact(tracking.uri), experiment_id)}"
+    ui = script_command("ui") + store_option(tracking)
+    return f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  (after {ui})"
+
+
 def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
     `early` workers started for its slots where there are any."""
     settings = plan.settings
     configure_process()
     quiet_optuna()
+    tracking = choose_tracking_uri(cfg.tracking.uri)
     store = Store.from_uri(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)
@@ -163,62 +162,59 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
     with lock.held():  # hosts starting at the same moment: one parent run for the study
         experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
     recovery = Recovery(study, lock, client, experiment_id, parent_run_id, settings.retries)
-    # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED.
-    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    status = "FAILED"
-    try:
-        stale = recovery.fail_orphans()
-        tally = read_tally(study, settings.n_trials)
-        progress = ProgressLine(
-            settings.study_name, settings.n_trials, lambda: read_tally(study, settings.n_trials)
-        )
-        print(
-            f"study {settings.study_name}: {tally.finished}/{settings.n_trials} trials finished"
-            f"{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
-            f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
-            f"{plan.workers_note}"
-            f"{f', {settings.pack} trials packed in each' if settings.pack > 1 else ''}; "
-            f"storage {redact(settings.storage_url)}",
-            flush=True,
-        )
-        scheduler = Scheduler(
-            plan.slots,
-            worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
-                plan.sweep_dir / SPEC_FILE
-            ),
-            plan.sweep_dir,
-            plan.max_failures,
-            on_event=progress.on_event,
-            on_worker_lost=recovery.worker_lost,
-            threads=plan.threads,
-            early=early,
-        )
-        plotting = import_plotting_meanwhile()
-        if tally.finished < settings.n_trials:
-            scheduler.run()
-        progress.close()
-        plotting.join()
-        print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
-        if str(cfg.tracking.uri or "").startswith(("http://", "https://")):  # a server
-            print(f"browse: {runs_url(redact(cfg.tracking.uri), experiment_id)}")
-        else:
-            print(
-                f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  "
-                "(after python scripts/ui.py)"
+    # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED; a
+    # second signal does not cut that short.
+    with interrupt_once(STILL_STOPPING):
+        status = "FAILED"
+        try:
+            stale = recovery.fail_orphans()
+            tally = read_tally(study, settings.n_trials)
+            progress = ProgressLine(
+                settings.study_name,
+                settings.n_trials,
+                lambda: read_tally(study, settings.n_trials),
             )
-        if scheduler.stop_reason is not None:
-            raise UserError(f"study {settings.study_name} stopped: {scheduler.stop_reason}")
-        status = "FINISHED"
-        return read_tally(study, settings.n_trials)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print(
-            f"\nstudy {settings.study_name} interrupted: rerun the same command to resume",
-            file=sys.stderr,
-        )
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
-            recovery.fail_orphans()
-        client.set_terminated(parent_run_id, status)
+            print(
+                f"study {settings.study_name}: {tally.finished}/{settings.n_trials} trials "
+                f"finished{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
+                f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
+                f"{plan.workers_note}"
+                f"{f', {settings.pack} trials packed in each' if settings.pack > 1 else ''}"
+                f"{plan.pack_note}; storage {redact(settings.storage_url)}; "
+                f"MLflow {tracking.describe()}",
+                flush=True,
+            )
+            scheduler = Scheduler(
+                plan.slots,
+                worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
+                    plan.sweep_dir / SPEC_FILE
+                ),
+                plan.sweep_dir,
+                plan.max_failures,
+                on_event=progress.on_event,
+                on_worker_lost=recovery.worker_lost,
+                threads=plan.threads,
+                early=early,
+            )
+            plotting = import_plotting_meanwhile()
+            if tally.finished < settings.n_trials:
+                scheduler.run()
+            progress.close()
+            plotting.join()
+            print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
+            print(browse_hint(tracking, experiment_id))
+            if scheduler.stop_reason is not None:
+                raise UserError(f"study {settings.study_name} stopped: {scheduler.stop_reason}")
+            status = "FINISHED"
+            return read_tally(study, settings.n_trials)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print(
+                f"\nstudy {settings.study_name} interrupted: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
+                recovery.fail_orphans()
+            client.set_terminated(parent_run_id, status)

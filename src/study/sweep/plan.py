@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config, validate
 from study.errors import UserError
+from study.overrides import nested_space, refuse_unknown_added_keys
+from study.prepare import check_data, record_classes
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
 from study.sweep.definition import study_definition
 from study.sweep.pool import DeviceSlot, device_slots, threads_per_worker, visible_gpus
@@ -37,6 +39,7 @@ class SweepPlan:
     threads: int
     slots: list[DeviceSlot]
     workers_note: str  # why fewer workers run than sweep.workers asked for ("" if as asked)
+    pack_note: str  # why a worker packs fewer trials than sweep.pack asked for ("" if as asked)
     base_config: DictConfig  # a trial's run config before its sampled values are set
     sweep_dir: Path
     definition: dict[str, Any]  # what the study means (study.sweep.definition)
@@ -47,11 +50,18 @@ class SweepPlan:
         return len(self.slots) * self.settings.pack
 
     def capped_to(self, trials_left: int) -> SweepPlan:
-        """This plan with no more workers than trials left to run."""
-        if len(self.slots) <= trials_left or trials_left < 1:
+        """This plan with no more workers than trials left to run, and no more trials in
+        flight (workers x pack) than that either."""
+        if trials_left < 1:
             return self
-        note = f" (sweep.workers capped: {trials_left} trials left)"
-        return replace(self, slots=self.slots[:trials_left], workers_note=note)
+        plan = self
+        if len(plan.slots) > trials_left:
+            note = f" (sweep.workers capped: {trials_left} trials left)"
+            plan = replace(plan, slots=plan.slots[:trials_left], workers_note=note)
+        pack, note = capped_pack(plan.settings.pack, trials_left, len(plan.slots), "left")
+        if pack == plan.settings.pack:
+            return plan
+        return replace(plan, settings=replace(plan.settings, pack=pack), pack_note=note)
 
 
 def check_study_name(name: str) -> None:
@@ -141,6 +151,16 @@ def pack_size(
     return setting
 
 
+def capped_pack(pack: int, trials: int, workers: int, which: str = "") -> tuple[int, str]:
+    """At most `trials` in flight: a pruner compares trials with finished ones, so a study all
+    of whose trials train at once could never prune. The pack, and why it shrank ("" if not)."""
+    most = max(1, trials // workers)
+    if pack <= most:
+        return pack, ""
+    trials_text = f"{trials} trials{f' {which}' if which else ''}"
+    return most, f" (sweep.pack={pack} capped: {trials_text} for {workers} workers)"
+
+
 def _positive_int(settings: DictConfig, key: str) -> int:
     value = settings.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -164,6 +184,7 @@ def plan_sweep(
             f"{sweeping[0]!r} is a Hydra sweep: with the study sweeper put ranges in "
             "search.* (or use hydra/sweeper=basic for a grid)"
         )
+    refuse_unknown_added_keys(overrides, conf_dir, config_name, group_choices)
     settings = cfg.sweep
     study_name = str(settings.study_name)
     check_study_name(study_name)
@@ -197,9 +218,14 @@ def plan_sweep(
         )
     validate(cfg)
     metric = str(settings.metric)
-    params = parse_space(OmegaConf.to_container(cfg.search), cfg, group_choices)  # type: ignore[arg-type]
+    params = parse_space(nested_space(OmegaConf.to_container(cfg.search)), cfg, group_choices)  # type: ignore[arg-type]
     _check_range_ends(cfg, params, overrides, conf_dir, config_name, metric)
+    _, checked = check_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
+    record_classes(base_config, checked)
+    pack, pack_note = capped_pack(
+        pack_size(settings.get("pack", 1), cfg, params, n_trials, slots), n_trials, len(slots)
+    )
     return SweepPlan(
         settings=StudySettings(
             study_name=study_name,
@@ -213,13 +239,14 @@ def plan_sweep(
             n_trials=n_trials,
             retries=retries,
             heartbeat_s=heartbeat_s,
-            pack=pack_size(settings.get("pack", 1), cfg, params, n_trials, slots),
+            pack=pack,
             params=params,
             overrides=list(overrides),
             config_name=config_name,
             conf_dir=conf_dir,
         ),
         max_failures=max_failures,
+        pack_note=pack_note,
         threads=threads,
         slots=slots,
         workers_note=workers_note,

@@ -11,6 +11,7 @@ import optuna
 
 from study.sweep.backends import FINISHED, best_trial
 from study.sweep.spec import Event, Finished, Lost
+from study.terminal import redraws
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ProgressLine:
         self.start = time.monotonic()
         self.shown: Tally | None = None
         self.already = read().finished
-        self.tty = sys.stdout.isatty()
+        self.tty = redraws(sys.stdout)
 
     def render(self, tally: Tally) -> str:
         elapsed = time.monotonic() - self.start

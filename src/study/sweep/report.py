@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from study.compare import load_run
 from study.errors import UserError
+from study.paths import script_command
 from study.plots import DPI, plot_curves, pyplot
 from study.secrets import redact
 from study.sweep.backends import best_trial
@@ -41,14 +42,14 @@ PLOTS = {
 
 
 def best_config_command(trial: optuna.trial.FrozenTrial) -> str:
-    """The command line that reruns a trial as a single run."""
+    """The command line that reruns a trial as a single run, from the current folder (each
+    value shell-quoted: `data.target='réussi ✓'`)."""
     overrides = [
         o
         for o in trial.user_attrs.get("overrides", [])
         if not o.lstrip("+~").startswith(SWEEP_ONLY_KEYS)
     ]
-    quoted = [f"'{o}'" if any(c in o for c in "[], ") else o for o in overrides]
-    return "python scripts/run.py " + " ".join(redact(o) for o in quoted)
+    return script_command("run", *(redact(o) for o in overrides))
 
 
 def copy_best_config(trial: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path | None:

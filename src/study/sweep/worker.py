@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from study.errors import exit_now, report
+from study.errors import exit_now, interrupt_once, report
 from study.sweep.backends import StudyLock, make_pruner, make_sampler, make_storage, quiet_optuna
 from study.sweep.claims import claim_trial
 from study.sweep.packs import PackRunner
@@ -36,53 +36,54 @@ def main(argv: list[str]) -> int:
     configure_process()
     quiet_optuna()
     torch.set_num_threads(int(os.environ.get("STUDY_WORKER_THREADS", "1")))
-    # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The parent stops workers with SIGTERM: unwind like Ctrl-C so runs are closed KILLED, and
+    # a second SIGTERM (the parent's death, through die_with_parent) does not cut that short.
     die_with_parent()
-    try:
-        runner = TrialRunner(spec, index, events_fd)
-        on_stale = StaleTrialCallback(
-            runner.client, spec.experiment_id, spec.parent_run_id, spec.settings.retries
-        )
-        storage = make_storage(spec.settings.storage_url, spec.settings.heartbeat_s, on_stale)
-        study = optuna.load_study(
-            study_name=spec.settings.study_name,
-            storage=storage,
-            sampler=make_sampler(spec.settings.sampler, spec.settings.seed + index),
-            pruner=make_pruner(spec.settings.pruner, spec.settings.max_epochs, spec.in_flight),
-        )
-        lock = StudyLock(spec.settings.storage_url, spec.settings.study_name)
+    with interrupt_once():
+        try:
+            runner = TrialRunner(spec, index, events_fd)
+            on_stale = StaleTrialCallback(
+                runner.client, spec.experiment_id, spec.parent_run_id, spec.settings.retries
+            )
+            storage = make_storage(spec.settings.storage_url, spec.settings.heartbeat_s, on_stale)
+            study = optuna.load_study(
+                study_name=spec.settings.study_name,
+                storage=storage,
+                sampler=make_sampler(spec.settings.sampler, spec.settings.seed + index),
+                pruner=make_pruner(spec.settings.pruner, spec.settings.max_epochs, spec.in_flight),
+            )
+            lock = StudyLock(spec.settings.storage_url, spec.settings.study_name)
 
-        go_aheads = 0  # "trial" lines from the parent not yet spent on a trial
-        stopped = False  # the parent said stop, or the study has no trial left for us
+            go_aheads = 0  # "trial" lines from the parent not yet spent on a trial
+            stopped = False  # the parent said stop, or the study has no trial left for us
 
-        def next_trial(wait: bool = True) -> optuna.Trial | None:
-            """The next trial to run, once the parent says go on; None when there is none (with
-            `wait=False`: none right now, while this worker's own trials still run)."""
-            nonlocal go_aheads, stopped
-            if stopped:
-                return None
-            if not go_aheads:
-                if read_command(sys.stdin) != Command.TRIAL:
-                    stopped = True
+            def next_trial(wait: bool = True) -> optuna.Trial | None:
+                """The next trial to run, once the parent says go on; None when there is none (with
+                `wait=False`: none right now, while this worker's own trials still run)."""
+                nonlocal go_aheads, stopped
+                if stopped:
                     return None
-                go_aheads += 1
-            trial = claim_trial(study, storage, spec.settings.n_trials, lock, wait)
-            if trial is not None:
-                go_aheads -= 1
-            elif wait:
-                stopped = True
-                runner.emit(Exhausted())
-            return trial
+                if not go_aheads:
+                    if read_command(sys.stdin) != Command.TRIAL:
+                        stopped = True
+                        return None
+                    go_aheads += 1
+                trial = claim_trial(study, storage, spec.settings.n_trials, lock, wait)
+                if trial is not None:
+                    go_aheads -= 1
+                elif wait:
+                    stopped = True
+                    runner.emit(Exhausted())
+                return trial
 
-        runner.emit(Ready(slots=spec.settings.pack))
-        if spec.settings.pack > 1:
-            PackRunner(runner, study, storage, next_trial).run()
-        else:
-            while (trial := next_trial()) is not None:
-                runner.run(study, storage, trial)
-    finally:
-        os.close(events_fd)
+            runner.emit(Ready(slots=spec.settings.pack))
+            if spec.settings.pack > 1:
+                PackRunner(runner, study, storage, next_trial).run()
+            else:
+                while (trial := next_trial()) is not None:
+                    runner.run(study, storage, trial)
+        finally:
+            os.close(events_fd)
     return 0
 
 
