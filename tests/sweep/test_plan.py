@@ -129,7 +129,7 @@ def test_a_pack_larger_than_the_study_is_capped_and_says_so(make_plan: MakePlan)
     assert (plan.settings.pack, plan.in_flight) == (4, 8)
     assert plan.pack_note == " (sweep.pack=1000 capped: 8 trials for 2 workers)"
     resumed = plan.capped_to(3)
-    assert (resumed.pack, resumed.in_flight) == (1, 2)
+    assert (resumed.settings.pack, resumed.in_flight) == (1, 2)
     assert resumed.pack_note == " (sweep.pack=4 capped: 3 trials left for 2 workers)"
 
 
