@@ -11,6 +11,7 @@ import pytest
 from omegaconf import DictConfig
 
 from helpers import tiny
+from study.data import prepare_data
 from study.epochs import (
     DIVERGED,
     EARLY_STOPPED,
@@ -22,7 +23,6 @@ from study.epochs import (
     FitResult,
 )
 from study.packed import PACKED, fit_packed
-from study.prepare import prepare_data
 from study.train import fit
 
 MakeCfg = Callable[..., DictConfig]

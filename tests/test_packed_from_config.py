@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from helpers import tiny
+from study.data import prepare_data
 from study.packed import PACKED, arch_of, fit_packed, is_packed, member_of, train_pack
-from study.prepare import prepare_data
 from study.train import build_model
 
 MakeCfg = Callable[..., DictConfig]

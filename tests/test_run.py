@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import all_runs, tiny
+from study.data import prepare_data
 from study.diagnosis import PRUNED
 from study.errors import UserError
-from study.prepare import prepare_data
 from study.run import RunOutcome, label_pruned, run_one
 from study.tracking import metric_chart_url
 

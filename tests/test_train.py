@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 
 from helpers import tiny
 from study.config import validate
+from study.data import prepare_data
 from study.epochs import FitResult
 from study.paths import CONF_DIR
-from study.prepare import prepare_data
 from study.train import EpochProgress, build_model, fit
 
 # A learning rate high enough that val/loss turns up within a few dozen epochs.

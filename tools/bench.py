@@ -28,10 +28,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from study.config import resolved_config, validate
-from study.data import Batches
+from study.data import Batches, PreparedData, prepare_data
 from study.nets import mlp
 from study.paths import CONF_DIR, SCRIPTS_DIR, database_url
-from study.prepare import PreparedData, prepare_data
 from study.run import run_one
 from study.run_log import RunLog
 from study.sweep.backends import make_storage

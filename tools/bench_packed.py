@@ -31,9 +31,8 @@ from harness import Sweep, trial_span
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from study.data import Splits
+from study.data import Splits, prepare_data
 from study.packed import arch_of, member_of, train_pack
-from study.prepare import prepare_data
 from study.train import fit
 
 TOOLS = Path(__file__).resolve().parent

@@ -175,7 +175,7 @@ class CompareCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from study.config import resolved_config, validate
-        from study.prepare import prepare_data
+        from study.data import prepare_data
 
         if not _jobs_compose(config):
             return  # no parent for jobs Hydra will refuse (an unknown preset): it says why

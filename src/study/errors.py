@@ -1,5 +1,6 @@
-"""How a command ends: UserError (the user asked for something we cannot do), how errors reach
-the console, a quick exit once the work is done, and a clean one when interrupted."""
+"""A command and its console: UserError (the user asked for something we cannot do), how errors
+reach the console, whether output may redraw itself, a quick exit once the work is done, and a
+clean one when interrupted."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from study.secrets import redact
 
@@ -106,3 +107,13 @@ def interrupt_once(note: str = "") -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def redraws(stream: TextIO) -> bool:
+    """A terminal, not TERM=dumb (Emacs shells, some CI consoles), nor NO_COLOR (a user who
+    asked for plain output): only then do we print carriage returns and escape codes."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # no such method, or a closed stream
+        return False
+    return tty and os.environ.get("TERM") != "dumb" and not os.environ.get("NO_COLOR")

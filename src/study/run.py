@@ -19,12 +19,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import resolved_config
+from study.data import PreparedData, prepare_data
 from study.diagnosis import CURVES, pruned
 from study.epochs import PRUNED, EpochReport, FitResult
 from study.packed import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
-from study.prepare import PreparedData, prepare_data
 from study.run_log import RunLog
 from study.secrets import redact
 from study.tracking import (

@@ -20,13 +20,12 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
-from study.data import REGRESSION, Splits
+from study.data import REGRESSION, PreparedData, Splits, device_name, prepare_data
 from study.diagnosis import CURVES
 from study.epochs import EpochJudge, EpochReport, EpochRules, FitResult
+from study.errors import redraws
 from study.models import EpochLoader, MLPModel, epoch_history
-from study.prepare import PreparedData, device_name, prepare_data
 from study.run_log import RunLog
-from study.terminal import redraws
 
 
 def quiet_lightning() -> None:

@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import all_runs
+from study.data import prepare_data
 from study.epochs import FitResult
 from study.paths import CONF_DIR
-from study.prepare import prepare_data
 from study.run import run_one
 from study.train import fit
 

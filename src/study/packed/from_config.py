@@ -16,11 +16,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from study.data import PreparedData, device_name
 from study.epochs import EpochReport, EpochRules, FitResult
 from study.packed.loop import OptimizerRecipe, train_alone
 from study.packed.network import Arch, StackedMLP
 from study.packed.schedule import Member
-from study.prepare import PreparedData, device_name
 
 PACKED = "packed"
 

@@ -16,6 +16,7 @@ import optuna
 from omegaconf import DictConfig
 
 from study.config import resolved_config
+from study.data import PreparedData, prepare_data
 from study.packed import (
     PACKED,
     Member,
@@ -25,7 +26,6 @@ from study.packed import (
     packed_result,
     train_pack,
 )
-from study.prepare import PreparedData, prepare_data
 from study.run import OpenRun, RunPlace
 from study.sweep.claims import TrialHeartbeat
 from study.sweep.trials import FAIL, TrialReport, TrialRunner, note_failure, note_run, run_name

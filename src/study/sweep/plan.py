@@ -14,9 +14,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config, validate
+from study.data import check_data, record_classes
 from study.errors import UserError
 from study.overrides import nested_space, refuse_unknown_added_keys
-from study.prepare import check_data, record_classes
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
 from study.sweep.definition import study_definition
 from study.sweep.pool import DeviceSlot, device_slots, threads_per_worker, visible_gpus

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import optuna
 
+from study.errors import redraws
 from study.sweep.backends import FINISHED, best_trial
 from study.sweep.spec import Event, Finished, Lost
-from study.terminal import redraws
 
 
 @dataclass

@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from study.data import Splits, Standardized, TabularData
+from study.data.tables import Splits, Standardized, TabularData
 from study.errors import UserError
 from study.task import model_task
 
