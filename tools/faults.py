@@ -98,12 +98,14 @@ def kill_worker(folder: Path, *overrides: str) -> Outcome:
     )
 
 
-def interrupt(folder: Path, signum: int, resume: bool = True, pack: int = 1) -> Outcome:
+def interrupt(folder: Path, signum: int, *overrides: str, resume: bool = True) -> Outcome:
     """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes (unless
-    `resume` is false: the next call interrupts the resumed study in turn). `pack`: trials a
-    worker trains at once (its packed trials' runs must close too)."""
+    `resume` is false: the next call interrupts the resumed study in turn). `overrides` (run
+    settings: the same study) come last, e.g. packs of trials instead of one at a time."""
+    # One trial at a time by default: 2 workers x a pack of 2 train all four trials in a second
+    # or two, before the signal lands (one worker packing two trains them in two rounds).
     sweep = Sweep(
-        folder, "faults", "sweep.n_trials=4", "sweep.workers=2", f"sweep.pack={pack}", *SLOW
+        folder, "faults", "sweep.n_trials=4", "sweep.workers=2", "sweep.pack=1", *SLOW, *overrides
     )
     process = sweep.start()
     sweep.wait_for_running_trial()
