@@ -101,16 +101,19 @@ def kill_worker(folder: Path, *overrides: str) -> Outcome:
 def interrupt(
     folder: Path,
     signum: int,
+    *overrides: str,
     resume: bool = True,
     again_after_s: float | None = None,
-    pack: int = 1,
 ) -> Outcome:
     """SIGINT/SIGTERM the sweep: exits within seconds, everything closed; rerun resumes (unless
-    `resume` is false: the next call interrupts the resumed study in turn). `again_after_s`:
-    the same signal a second time that long after the first (an impatient Ctrl-C Ctrl-C).
-    `pack`: trials a worker trains at once (its packed trials' runs must close too)."""
+    `resume` is false: the next call interrupts the resumed study in turn). `overrides` (run
+    settings: the same study) come last, e.g. packs of trials instead of one at a time.
+    `again_after_s`: the same signal a second time that long after the first (an impatient
+    Ctrl-C Ctrl-C)."""
+    # One trial at a time by default: 2 workers x a pack of 2 train all four trials in a second
+    # or two, before the signal lands (one worker packing two trains them in two rounds).
     sweep = Sweep(
-        folder, "faults", "sweep.n_trials=4", "sweep.workers=2", f"sweep.pack={pack}", *SLOW
+        folder, "faults", "sweep.n_trials=4", "sweep.workers=2", "sweep.pack=1", *SLOW, *overrides
     )
     process = sweep.start()
     sweep.wait_for_running_trial()
@@ -256,7 +259,9 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "kill-worker": kill_worker,
     "sigint": lambda folder: interrupt(folder, signal.SIGINT),
     "sigterm": lambda folder: interrupt(folder, signal.SIGTERM),
-    "sigint-twice": lambda folder: interrupt(folder, signal.SIGINT, again_after_s=0.3, pack=2),
+    "sigint-twice": lambda folder: interrupt(
+        folder, signal.SIGINT, "sweep.pack=2", again_after_s=0.3
+    ),
     "kill-sweep": kill_sweep,
     "diverge": diverging,
     "fail": failing,

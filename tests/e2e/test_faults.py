@@ -33,9 +33,9 @@ def test_a_killed_worker_fails_each_trial_it_held_and_each_is_retried(
 
 
 def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(tmp_path: Path) -> None:
-    # `kill` (SIGTERM) stops the study while its workers train packs of two, Ctrl-C (SIGINT)
+    # `kill` (SIGTERM) stops the study while its worker trains a pack of two, Ctrl-C (SIGINT)
     # its resumed run, training one trial at a time, and a rerun ends it.
-    stopped = interrupt(tmp_path, signal.SIGTERM, resume=False, pack=2)
+    stopped = interrupt(tmp_path, signal.SIGTERM, "sweep.workers=1", "sweep.pack=2", resume=False)
     # The packed worker closed its trials' runs KILLED itself (else the parent fails them).
     killed = [r for r in Sweep(tmp_path).runs() if r.info.status == "KILLED"]
     assert any(r.data.params.get("trainer.engine") == "packed" for r in killed), stopped
@@ -56,7 +56,7 @@ def test_an_interrupted_sweep_closes_everything_and_resumes_to_n_trials(tmp_path
 
 def test_two_ctrl_c_in_a_row_still_close_every_trial_and_run(tmp_path: Path) -> None:
     # The second Ctrl-C lands while the workers close their runs: it must not cut that short.
-    outcome = interrupt(tmp_path, signal.SIGINT, resume=False, again_after_s=0.3, pack=2)
+    outcome = interrupt(tmp_path, signal.SIGINT, "sweep.pack=2", resume=False, again_after_s=0.3)
     assert outcome.runs_left_running == 0 and outcome.trials_left_running == 0, outcome
     assert outcome.exit_code not in (0, None), outcome
     assert outcome.parent_status == "KILLED", outcome
