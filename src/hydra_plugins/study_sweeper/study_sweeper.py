@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class StudySweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from study.sweep.plan import plan_sweep
 
+        started = time.monotonic()  # sweep.timeout counts from here, on this host
         assert self.config is not None
         hydra_cfg = self.config.hydra
         HydraConfig.instance().set_config(self.config)
@@ -47,5 +49,5 @@ class StudySweeper(Sweeper):
         with EarlyWorkers(plan.slots, plan.sweep_dir, plan.threads) as early:
             from study.sweep.driver import run_sweep  # MLflow: after the plan is checked
 
-            run_sweep(self.config, plan, early)
+            run_sweep(self.config, plan, early, started)
         return []

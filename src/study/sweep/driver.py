@@ -27,6 +27,7 @@ from study.sweep.backends import (
     make_storage,
     storage_exists,
 )
+from study.sweep.budget import Budget, ended_note
 from study.sweep.definition import DEFINITION_ATTR, check_same_study, encode
 from study.sweep.plan import SweepPlan
 from study.sweep.pool import SPEC_FILE, EarlyWorkers, Scheduler
@@ -129,7 +130,11 @@ def open_parent_run(
 
 
 def worker_spec(
-    plan: SweepPlan, experiment_id: str, parent_run_id: str, tracking_uri: str | None
+    plan: SweepPlan,
+    experiment_id: str,
+    parent_run_id: str,
+    tracking_uri: str | None,
+    budget: Budget | None = None,
 ) -> WorkerSpec:
     base = OmegaConf.to_container(plan.base_config, resolve=False)
     assert isinstance(base, dict)
@@ -143,12 +148,20 @@ def worker_spec(
         parent_run_id=parent_run_id,
         tracking_uri=tracking_uri,
         in_flight=plan.in_flight,
+        deadline=budget.deadline if budget else None,
     )
 
 
-def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
+def run_sweep(
+    cfg: DictConfig,
+    plan: SweepPlan,
+    early: EarlyWorkers | None = None,
+    started: float | None = None,
+) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
-    `early` workers started for its slots where there are any."""
+    `early` workers started for its slots where there are any. `sweep.timeout` counts from
+    `started` (time.monotonic() when the sweep began on this host; None: now)."""
+    budget = Budget.start(plan.timeout, started)
     store = Store.from_config(cfg.tracking.uri)
     client = store.client()
     study = open_study(plan, client)
@@ -164,7 +177,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
         stale = recovery.fail_orphans()
         tally = read_tally(study, plan.n_trials)
         progress = ProgressLine(
-            plan.study_name, plan.n_trials, lambda: read_tally(study, plan.n_trials)
+            plan.study_name, plan.n_trials, lambda: read_tally(study, plan.n_trials), budget
         )
         print(
             f"study {plan.study_name}: {tally.finished}/{plan.n_trials} trials finished"
@@ -177,7 +190,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
         )
         scheduler = Scheduler(
             plan.slots,
-            worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
+            worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri, budget).write(
                 plan.sweep_dir / SPEC_FILE
             ),
             plan.sweep_dir,
@@ -186,12 +199,17 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
             on_worker_lost=recovery.worker_lost,
             threads=plan.threads,
             early=early,
+            budget=budget,
         )
         plotting = import_plotting_meanwhile()
         if tally.finished < plan.n_trials:
             scheduler.run()
         progress.close()
         plotting.join()
+        ended = read_tally(study, plan.n_trials)
+        if budget.spent() and ended.finished < plan.n_trials and not scheduler.stop_reason:
+            ran = ended.finished + ended.failed - tally.finished - tally.failed
+            print(ended_note(plan.study_name, budget, ran, ended.finished, plan.n_trials))
         print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
         if str(cfg.tracking.uri or "").startswith(("http://", "https://")):  # a server
             print(f"browse: {runs_url(redact(cfg.tracking.uri), experiment_id)}")

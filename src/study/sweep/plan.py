@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import compose_config, validate
 from study.errors import UserError
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
+from study.sweep.budget import check_timeout
 from study.sweep.definition import study_definition
 from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.space import Param, parse_space, range_ends, set_values, trial_base_config
@@ -58,6 +59,7 @@ class SweepPlan:
     sweep_dir: Path
     max_epochs: int
     definition: dict[str, Any]  # what the study means (study.sweep.definition)
+    timeout: float | None = None  # seconds of this session on this host (study.sweep.budget)
 
     @property
     def in_flight(self) -> int:
@@ -190,6 +192,7 @@ def plan_sweep(
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     heartbeat_s = _positive_int(settings, "heartbeat_s")
+    timeout = check_timeout(settings.get("timeout"))
     storage_url = str(settings.storage or default_storage(study_name))
     check_storage_url(storage_url)
     check_devices(settings.devices)
@@ -242,6 +245,7 @@ def plan_sweep(
         definition=study_definition(
             base_config, params, metric, str(settings.direction), group_choices
         ),
+        timeout=timeout,
     )
 
 

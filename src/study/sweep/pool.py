@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserError
+from study.sweep.budget import Budget
 from study.sweep.spec import (
     WORKER_MODULE,
     Event,
@@ -257,6 +258,7 @@ class Scheduler:
     stop_reason: str | None = None
 
     early: EarlyWorkers | None = None  # workers started while the parent opened the study
+    budget: Budget = field(default_factory=Budget)  # sweep.timeout: no trial starts after it
 
     def __post_init__(self) -> None:
         self.threads = self.threads or threads_per_worker(len(self.slots))
@@ -269,7 +271,8 @@ class Scheduler:
         self.workers.append(worker)
         self.selector.register(worker.events, selectors.EVENT_READ, worker)
 
-    def _go_on(self, worker: Worker) -> None:
+    def _go_on(self, worker: Worker, first: bool = False) -> None:
+        """Say "trial" or "stop" to `worker`; its `first` pack starts whatever the budget."""
         if worker.exhausted:
             return  # it reads no more commands
         if self.failed_here >= self.max_failures:
@@ -277,13 +280,14 @@ class Scheduler:
                 f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
                 f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
             )
-        worker.send("stop" if self.stop_reason else "trial")
+        out_of_time = not first and self.budget.spent()
+        worker.send("stop" if self.stop_reason or out_of_time else "trial")
 
     def _handle(self, worker: Worker, event: Event) -> None:
         if isinstance(event, Ready):
             worker.ready = True
             for _ in range(event.slots):
-                self._go_on(worker)
+                self._go_on(worker, first=True)
         elif isinstance(event, Started):
             worker.trials.add(event.number)
         elif isinstance(event, Finished):
@@ -339,7 +343,7 @@ class Scheduler:
             self.on_event(Lost(number, code))
         if self.replaced >= MAX_REPLACEMENTS_PER_SLOT * len(self.slots):
             self.stop_reason = self.stop_reason or f"workers died {self.replaced} times: giving up"
-        if not self.stop_reason:
+        if not self.stop_reason and not self.budget.spent():  # a rerun retries its trials
             self.replaced += 1
             self._start(worker.slot)
 

@@ -52,12 +52,13 @@ def main(argv: list[str]) -> int:
         lock = StudyLock(spec.storage, spec.study_name)
 
         go_aheads = 0  # "trial" lines from the parent not yet spent on a trial
+        claimed = 0  # its first pack is claimed whatever the budget says (study.sweep.budget)
         stopped = False  # the parent said stop, or the study has no trial left for us
 
         def next_trial(wait: bool = True) -> optuna.Trial | None:
             """The next trial to run, once the parent says go on; None when there is none (with
             `wait=False`: none right now, while this worker's own trials still run)."""
-            nonlocal go_aheads, stopped
+            nonlocal go_aheads, stopped, claimed
             if stopped:
                 return None
             if not go_aheads:
@@ -65,9 +66,11 @@ def main(argv: list[str]) -> int:
                     stopped = True
                     return None
                 go_aheads += 1
-            trial = claim_trial(study, storage, spec.n_trials, lock, wait)
+            deadline = spec.deadline if claimed >= spec.pack else None
+            trial = claim_trial(study, storage, spec.n_trials, lock, wait, deadline)
             if trial is not None:
                 go_aheads -= 1
+                claimed += 1
             elif wait:
                 stopped = True
                 runner.emit(Exhausted())
