@@ -43,10 +43,13 @@ class StudySweeper(Sweeper):
             Path(hydra_cfg.sweep.dir),
             choices,
         )
-        from study.sweep.pool import EarlyWorkers
+        from study.sweep.pool import EarlyWorkers, worker_imports
 
-        # The workers import (~4 s) while the parent imports MLflow and opens the study.
-        with EarlyWorkers(plan.slots, plan.sweep_dir, plan.threads) as early:
+        # The workers (or their fork server) import (~4 s) while the parent imports MLflow and
+        # opens the study.
+        with EarlyWorkers(
+            plan.slots, plan.sweep_dir, plan.threads, plan.fork_server, worker_imports(plan.pack)
+        ) as early:
             from study.sweep.driver import run_sweep  # MLflow: after the plan is checked
 
             run_sweep(self.config, plan, early, started)

@@ -60,6 +60,7 @@ class SweepPlan:
     max_epochs: int
     definition: dict[str, Any]  # what the study means (study.sweep.definition)
     timeout: float | None = None  # seconds of this session on this host (study.sweep.budget)
+    fork_server: bool = False  # workers forked from one preloaded process (study.sweep.zygote)
 
     @property
     def in_flight(self) -> int:
@@ -193,6 +194,9 @@ def plan_sweep(
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     heartbeat_s = _positive_int(settings, "heartbeat_s")
     timeout = check_timeout(settings.get("timeout"))
+    fork_server = settings.get("fork_server", False)
+    if not isinstance(fork_server, bool):
+        raise UserError(f"sweep.fork_server={fork_server!r} is not allowed: use true or false")
     storage_url = str(settings.storage or default_storage(study_name))
     check_storage_url(storage_url)
     check_devices(settings.devices)
@@ -246,6 +250,7 @@ def plan_sweep(
             base_config, params, metric, str(settings.direction), group_choices
         ),
         timeout=timeout,
+        fork_server=fork_server,
     )
 
 

@@ -31,6 +31,7 @@ from study.sweep.spec import (
     Started,
     decode_event,
 )
+from study.sweep.zygote import ForkedProcess, ForkServer
 
 MAX_REPLACEMENTS_PER_SLOT = 3
 
@@ -130,7 +131,7 @@ class EventPipe:
 @dataclass
 class Worker:
     slot: Slot
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     events: EventPipe
     log_path: Path
     trials: set[int] = field(default_factory=set)  # the trials it runs, as it said
@@ -151,12 +152,14 @@ def worker_log(log_dir: Path, slot: Slot) -> Path:
     return log_dir / f"worker_{slot.index}.log"
 
 
-def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
-    """A worker process for `slot`. It imports what it needs (~4 s), then waits for "start"
+def start_worker(
+    slot: Slot, spec_path: Path, log_dir: Path, threads: int, server: ForkServer | None = None
+) -> Worker:
+    """A worker process for `slot`: forked from the host's fork `server` (its imports done),
+    or else started from scratch (it imports what it needs, ~4 s). It waits for "start"
     before it reads `spec_path`: it may be started before the spec is written."""
     read_fd, write_fd = os.pipe()
     env = {
-        **os.environ,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "STUDY_WORKER_THREADS": str(threads),
@@ -166,42 +169,66 @@ def start_worker(slot: Slot, spec_path: Path, log_dir: Path, threads: int) -> Wo
         env["CUDA_VISIBLE_DEVICES"] = slot.device
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = worker_log(log_dir, slot)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                WORKER_MODULE,
-                str(spec_path),
-                str(slot.index),
-                str(write_fd),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
-        )
+    args = [str(spec_path), str(slot.index), str(write_fd)]
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
+    if server is not None:
+        process = server.spawn(args, env, log_path, write_fd)
+    if process is None:  # no fork server, or it is gone: a worker of its own
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, *args],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                env={**os.environ, **env},
+                start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
+            )
     os.close(write_fd)
     return Worker(slot, process, EventPipe(read_fd), log_path)
 
 
+def worker_imports(pack: int) -> list[str]:
+    """What a worker imports before its first trial ends: a fork server preloads it. Workers
+    that train one trial at a time train through Lightning; packed ones never import it."""
+    return [WORKER_MODULE] if pack > 1 else [WORKER_MODULE, "study.callbacks", "study.train"]
+
+
 SPEC_FILE = ".worker_spec.json"  # in the sweep folder; holds the real URLs, owner-only
+FORK_SERVER_LOG = "fork_server.log"
 
 
 class EarlyWorkers:
     """Workers started as soon as the plan is checked, so that their imports (~4 s) overlap
-    the parent's (MLflow) and its opening of the study and the parent run (~1.5 s here).
+    the parent's (MLflow) and its opening of the study and the parent run (~1.5 s here); or,
+    with `fork_server`, the host's fork server (study.sweep.zygote), importing `preload` once,
+    from which the Scheduler forks each worker when it needs one.
 
     The Scheduler adopts them slot by slot; whatever it does not take is stopped on leaving
     the `with` block, before reading the spec: the empty logs (and the sweep folder) they made
-    are removed.
+    are removed. The fork server is closed on leaving it, once the study's workers are gone.
     """
 
-    def __init__(self, slots: Sequence[Slot], sweep_dir: Path, threads: int) -> None:
+    def __init__(
+        self,
+        slots: Sequence[Slot],
+        sweep_dir: Path,
+        threads: int,
+        fork_server: bool = False,
+        preload: Sequence[str] = (WORKER_MODULE,),
+    ) -> None:
         self.new_folder = None if sweep_dir.exists() else sweep_dir
         self.new_logs = {log for s in slots if not (log := worker_log(sweep_dir, s)).exists()}
+        self.server: ForkServer | None = None
+        self.waiting: dict[Slot, Worker] = {}
+        if fork_server:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.server_log = sweep_dir / FORK_SERVER_LOG
+            if not self.server_log.exists():
+                self.new_logs.add(self.server_log)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            self.server = ForkServer(preload, env, self.server_log)
+            return
         spec_path = sweep_dir / SPEC_FILE
         self.waiting = {slot: start_worker(slot, spec_path, sweep_dir, threads) for slot in slots}
 
@@ -210,6 +237,10 @@ class EarlyWorkers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_the_rest()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            self._remove_what_stayed_empty({self.server_log})
 
     def take(self, slot: Slot) -> Worker | None:
         return self.waiting.pop(slot, None)
@@ -226,10 +257,17 @@ class EarlyWorkers:
             worker.events.close()
             if worker.process.stdin is not None:
                 worker.process.stdin.close()
-            with contextlib.suppress(OSError):
-                if worker.log_path in self.new_logs and worker.log_path.stat().st_size == 0:
-                    worker.log_path.unlink()
+        if self.server is None:
+            self._remove_what_stayed_empty({worker.log_path for worker in self.waiting.values()})
         self.waiting.clear()
+
+    def _remove_what_stayed_empty(self, logs: set[Path]) -> None:
+        """The `logs` this made that stayed empty, and the sweep folder if it made it and
+        nothing else is in it."""
+        for log in logs & self.new_logs:
+            with contextlib.suppress(OSError):
+                if log.stat().st_size == 0:
+                    log.unlink()
         if self.new_folder is not None:
             with contextlib.suppress(OSError):  # not empty: the study ran in it
                 self.new_folder.rmdir()
@@ -266,7 +304,8 @@ class Scheduler:
     def _start(self, slot: Slot) -> None:
         assert self.threads is not None
         worker = self.early.take(slot) if self.early else None
-        worker = worker or start_worker(slot, self.spec_path, self.log_dir, self.threads)
+        server = self.early.server if self.early else None
+        worker = worker or start_worker(slot, self.spec_path, self.log_dir, self.threads, server)
         worker.send("start")  # the spec is written
         self.workers.append(worker)
         self.selector.register(worker.events, selectors.EVENT_READ, worker)

@@ -96,11 +96,18 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-if __name__ == "__main__":
+def entry(argv: list[str]) -> int:
+    """main(argv) as a process runs it: its exit code, errors reported on stderr."""
     try:
-        code = main(sys.argv[1:])
+        return main(argv)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except Exception as error:  # UserError: one line; anything else: a traceback, masked
-        sys.exit(report(error))
+        return report(error)
+
+
+if __name__ == "__main__":
+    code = entry(sys.argv[1:])
+    if code:
+        sys.exit(code)
     exit_now(code)  # the parent waits for this exit before it sums up the study
