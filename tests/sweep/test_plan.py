@@ -242,3 +242,20 @@ def test_a_pack_of_trials_that_cannot_share_it_is_refused_naming_the_path() -> N
 def test_a_pack_size_that_is_not_auto_or_a_positive_integer_is_refused(setting: object) -> None:
     with pytest.raises(UserError, match=r"sweep.pack=.* is out of range"):
         pack_size(setting, _cfg(), [LR], 64, CPU2)
+
+
+def test_the_first_line_names_the_study_its_trials_budget_and_devices(
+    make_plan: MakePlan, no_gpus: None
+) -> None:
+    plan = make_plan(*TINY, "sweep.study_name=s", "sweep.n_trials=7", "sweep.timeout=90")
+    assert plan.first_line() == "study s: up to 7 trials within 90 s; starting on cpu"
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_the_fork_server_is_a_switch(make_plan: MakePlan, setting: str) -> None:
+    assert make_plan(*TINY, f"sweep.fork_server={setting}").fork_server is (setting == "true")
+
+
+def test_a_fork_server_setting_that_is_not_a_switch_is_refused(make_plan: MakePlan) -> None:
+    with pytest.raises(UserError, match=r"^sweep.fork_server='maybe' is not allowed: use true"):
+        make_plan(*TINY, "sweep.fork_server=maybe")

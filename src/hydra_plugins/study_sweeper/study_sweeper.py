@@ -43,6 +43,7 @@ class StudySweeper(Sweeper):
             Path(hydra_cfg.sweep.dir),
             choices,
         )
+        print(plan.first_line(), flush=True)
         from study.sweep.pool import EarlyWorkers, worker_imports
 
         # The workers (or their fork server) import (~4 s) while the parent imports MLflow and

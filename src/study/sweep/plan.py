@@ -67,6 +67,14 @@ class SweepPlan:
         """Trials that train at once on this host: its workers' packs."""
         return len(self.slots) * self.pack
 
+    def first_line(self) -> str:
+        """What the sweep says at once, before its slower imports and the study's opening."""
+        budget = f" within {self.timeout:g} s" if self.timeout is not None else ""
+        devices = ", ".join(sorted({slot.label for slot in self.slots}))
+        return (
+            f"study {self.study_name}: up to {self.n_trials} trials{budget}; starting on {devices}"
+        )
+
     def capped_to(self, trials_left: int) -> SweepPlan:
         """This plan with no more workers than trials left to run."""
         if len(self.slots) <= trials_left or trials_left < 1:
