@@ -1,10 +1,12 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
 python tools/bench.py [startup] [input] [core] [sweep] [pg] [packed] [steps] [peer]
+                     [quality] [study-start] [budget]
                      [--repeats N] [--rounds N] [--seeds N] [--trials N] [--epochs N]
                      [--postgres ADMIN_URL]
 
-The packed trials' sections (packed, steps, peer) live in tools/bench_packed.py.
+The packed trials' sections (packed, steps, peer) live in tools/bench_packed.py; time to quality,
+a study's start and its time budget (quality, study-start, budget) in tools/bench_quality.py.
 """
 
 from __future__ import annotations
@@ -18,19 +20,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import optuna
 import torch
-from harness import Sweep, trial_span
-from hydra import compose, initialize_config_dir
+from harness import Sweep, fastest, interleaved, lecture_cfg, trial_span
 from omegaconf import DictConfig
 
-from study.config import resolved_config, validate
 from study.data import Batches, PreparedData, prepare_data
 from study.nets import mlp
-from study.paths import CONF_DIR, SCRIPTS_DIR, database_url
+from study.paths import SCRIPTS_DIR, database_url
 from study.run import run_one
 from study.run_log import RunLog
 from study.sweep.backends import make_storage
@@ -38,6 +38,7 @@ from study.tracking import Store
 from study.train import fit, seed_everything
 
 SECTIONS = ["startup", "input", "core", "sweep", "pg", "packed", "steps", "peer"]
+SECTIONS += ["quality", "study-start", "budget"]
 # Bad input that needs no torch, Lightning or MLflow: each must be answered in seconds.
 CONFIG_ONLY_INPUTS = [
     ["optimizer.lr=nan"],
@@ -62,21 +63,6 @@ OTHER_SCRIPTS_INPUTS = [  # (script, arguments): the other commands' config-only
     ("ui.py", ["--port", "70000"]),
     ("ui.py", ["--tracking-uri", NO_STORE]),
 ]
-
-
-def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "trainer.progress_bar=false",
-                "trainer.early_stopping.enabled=false",
-                f"tracking.uri={tracking_uri or 'null'}",
-                *overrides,
-            ],
-        )
-    validate(cfg)
-    return resolved_config(cfg)
 
 
 def plain_torch_fit(cfg: DictConfig, prepared: PreparedData) -> int:
@@ -109,30 +95,6 @@ def plain_torch_fit(cfg: DictConfig, prepared: PreparedData) -> int:
             val_loss = loss_fn(net(splits.val.x).squeeze(1), splits.val.y.float())
         _ = (total / len(splits.train)).item(), val_loss.item()
     return steps
-
-
-def timed(function: Callable[..., object]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Wall times of each case, the cases taking turns so that drift hits all alike."""
-    for case in cases.values():  # first-call costs out of the figures
-        case()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, case in cases.items():
-            times[name].append(timed(case))
-    return times
-
-
-def fastest(times: dict[str, list[float]]) -> dict[str, float]:
-    """Each case's quickest round. Other tenants of this machine only ever add time (a case
-    can take 30% longer from one second to the next), so the minimum is the steadiest
-    estimate of what the code itself costs, as timeit reports it."""
-    return {name: min(values) for name, values in times.items()}
 
 
 def first_line_seconds(*args: str, cwd: Path) -> tuple[float, str]:
@@ -577,6 +539,15 @@ def main(argv: list[str] | None = None) -> int:
             bench_steps(args.repeats)
         if "peer" in sections:
             bench_peer(args.rounds)
+    if {"quality", "study-start", "budget"} & set(sections):
+        from bench_quality import bench_budget, bench_quality, bench_study_start
+
+        if "study-start" in sections:
+            bench_study_start(args.rounds)
+        if "quality" in sections:
+            bench_quality()
+        if "budget" in sections:
+            bench_budget()
     if "input" in sections:
         bench_input()
     return 0

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import optuna
 import torch
-from bench import fastest, interleaved, lecture_cfg
-from harness import Sweep, trial_span
+from harness import Sweep, fastest, interleaved, lecture_cfg, trial_span
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 

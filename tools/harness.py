@@ -1,6 +1,6 @@
 """Drive real studies from Python as a user would: `scripts/run.py -m sweep` in a subprocess,
-in a folder of its own, with its study and MLflow runs at hand. Used by the benchmarks, the GPU
-check and the fault scenarios.
+in a folder of its own, with its study and MLflow runs at hand; and the timing helpers the
+benchmarks share. Used by the benchmarks, the GPU check and the fault scenarios.
 """
 
 from __future__ import annotations
@@ -9,12 +9,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
 
-from study.paths import PROJECT_ROOT
+from study.config import resolved_config, validate
+from study.paths import CONF_DIR, PROJECT_ROOT
 from study.sweep.backends import FINISHED, make_storage
 
 
@@ -126,3 +130,42 @@ def trial_span(study: optuna.Study) -> float:
     first = min(t.datetime_start for t in trials if t.datetime_start)
     last = max(t.datetime_complete for t in trials if t.datetime_complete)
     return (last - first).total_seconds()
+
+
+def lecture_cfg(*overrides: str, tracking_uri: str | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "trainer.progress_bar=false",
+                "trainer.early_stopping.enabled=false",
+                f"tracking.uri={tracking_uri or 'null'}",
+                *overrides,
+            ],
+        )
+    validate(cfg)
+    return resolved_config(cfg)
+
+
+def timed(function: Callable[..., object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of each case, the cases taking turns so that drift hits all alike."""
+    for case in cases.values():  # first-call costs out of the figures
+        case()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            times[name].append(timed(case))
+    return times
+
+
+def fastest(times: dict[str, list[float]]) -> dict[str, float]:
+    """Each case's quickest round. Other tenants of this machine only ever add time (a case
+    can take 30% longer from one second to the next), so the minimum is the steadiest
+    estimate of what the code itself costs, as timeit reports it."""
+    return {name: min(values) for name, values in times.items()}

@@ -1,18 +1,22 @@
 """The peer of `python tools/bench.py peer`: the study a careful user writes by hand with PyTorch,
-Optuna and MLflow, all in one process. Breast cancer (60/20/20 split, standardized), an MLP
+Optuna and MLflow, all in one process. Breast cancer (a stratified 60/20/20 split,
+standardized), an MLP
 64x64 with dropout, Adam; TPE over lr, batch size and dropout and the median pruner, as
 `sweep.sampler=tpe sweep.pruner=median` set them up; one MLflow `log_batch` per trial.
 
-python tools/plain_study.py TRACKING_URI [--trials 20] [--epochs 30]
+python tools/plain_study.py TRACKING_URI [--trials 20] [--epochs 30] [--history JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 from mlflow.entities import Metric, Param
@@ -23,11 +27,19 @@ from sklearn.model_selection import train_test_split
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
+def split_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row numbers of the training, validation and test splits: 60/20/20, stratified."""
+    rows = np.arange(len(y))
+    train, rest = train_test_split(rows, test_size=0.4, random_state=0, stratify=y)
+    val, test = train_test_split(rest, test_size=0.5, random_state=0, stratify=y[rest])
+    return train, val, test
+
+
 def load() -> tuple[Pair, Pair]:
     """The training and validation splits, standardized with the training split's statistics."""
     x, y = load_breast_cancer(return_X_y=True)
-    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0)
-    x_val, _, y_val, _ = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0)
+    train, val, _ = split_rows(y)
+    x_train, y_train, x_val, y_val = x[train], y[train], x[val], y[val]
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
 
     def pair(x: object, y: object) -> Pair:
@@ -87,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tracking_uri")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--history", type=Path, help="write each trial's end (Unix time), value and state here"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -102,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         lambda trial: objective(trial, data, args.epochs, client, experiment_id),
         n_trials=args.trials,
     )
+    if args.history:
+        ends = [
+            (t.datetime_complete.timestamp(), t.value, t.state.name)
+            for t in study.trials
+            if t.datetime_complete
+        ]
+        args.history.write_text(json.dumps(ends))
     print(f"best val/loss {study.best_value:.4f}")
     return 0
 

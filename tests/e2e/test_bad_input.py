@@ -236,6 +236,9 @@ CASES = [
     ),
     # --- sweep settings ---------------------------------------------------------------------
     sweep("zero-trials", ["sweep.n_trials=0"], ["sweep.n_trials=0", ">= 1"]),
+    sweep("timeout-zero", ["sweep.timeout=0"], ["sweep.timeout=0", "seconds > 0"]),
+    sweep("timeout-words", ["sweep.timeout=soon"], ["sweep.timeout='soon'", "null"]),
+    sweep("fork-server-words", ["sweep.fork_server=maybe"], ["sweep.fork_server='maybe'", "true"]),
     sweep("zero-max-failures", ["sweep.max_failures=0"], ["sweep.max_failures=0", ">= 1"]),
     sweep("zero-trials-per-gpu", ["sweep.trials_per_gpu=0"], ["sweep.trials_per_gpu=0", ">= 1"]),
     sweep("direction-sideways", ["sweep.direction=sideways"], ["sweep.direction='sideways'"]),

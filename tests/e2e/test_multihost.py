@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 
 def _children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (a sweep's workers run in sessions of their own)."""
+    """Processes whose parent is `pid`."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -65,6 +65,14 @@ def _children(pid: int) -> list[int]:
         if ppid == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """A sweep's workers (in sessions of their own), its fork server and the workers forked
+    from that: deepest first, so that killing them in order leaves none a moment to see its
+    parent die."""
+    children = _children(pid)
+    return [grandchild for child in children for grandchild in _descendants(child)] + children
 
 
 @dataclass
@@ -136,8 +144,9 @@ class Host:
         """Like a machine that dies: every process at once, none gets to clean up."""
         pid = self.process.pid
         os.kill(pid, signal.SIGSTOP)  # frozen first: it must not see its workers die
-        self.killed_workers = set(_children(pid))
-        for worker in self.killed_workers:
+        descendants = _descendants(pid)
+        self.killed_workers = set(descendants)
+        for worker in descendants:
             os.kill(worker, signal.SIGKILL)
         os.killpg(pid, signal.SIGKILL)
         self.process.wait()
@@ -189,7 +198,7 @@ def _first_host_mid_trial(
         if study is not None and experiment is not None:
             running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             for host in hosts:
-                workers = set(_children(host.process.pid))
+                workers = set(_descendants(host.process.pid))
                 for trial in running:
                     if trial.user_attrs.get("pid") not in workers:
                         continue

@@ -296,3 +296,20 @@ def test_bad_data_is_refused_by_the_plan_before_anything_is_written(
     with pytest.raises(UserError, match=r"'b' of gap.csv has a missing value on line 3"):
         make_plan("data=csv", f"data.path={tmp_path / 'gap.csv'}", "data.target=y")
     assert not (tmp_path / "study.journal").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_the_first_line_names_the_study_its_trials_budget_and_devices(
+    make_plan: MakePlan, no_gpus: None
+) -> None:
+    plan = make_plan(*TINY, "sweep.study_name=s", "sweep.n_trials=7", "sweep.timeout=90")
+    assert plan.first_line() == "study s: up to 7 trials within 90 s; starting on cpu"
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_the_fork_server_is_a_switch(make_plan: MakePlan, setting: str) -> None:
+    assert make_plan(*TINY, f"sweep.fork_server={setting}").fork_server is (setting == "true")
+
+
+def test_a_fork_server_setting_that_is_not_a_switch_is_refused(make_plan: MakePlan) -> None:
+    with pytest.raises(UserError, match=r"^sweep.fork_server='maybe' is not allowed: use true"):
+        make_plan(*TINY, "sweep.fork_server=maybe")

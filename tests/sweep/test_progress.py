@@ -5,24 +5,29 @@ from __future__ import annotations
 import io
 import re
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 
 from study.sweep.backends import make_storage
+from study.sweep.budget import Budget
 from study.sweep.progress import ProgressLine, Tally, read_tally
 from study.sweep.spec import Finished
 
 LINE = re.compile(
     r"^\[(?P<name>\S+)\] (?P<finished>\d+)/(?P<total>\d+) finished, (?P<pruned>\d+) pruned, "
     r"(?P<failed>\d+) failed, (?P<running>\d+) running \| best (?P<best>.+?) \| "
-    r"(?P<elapsed>\d+:\d\d) elapsed, ETA (?P<eta>\S+)$"
+    r"(?P<elapsed>\d+:\d\d) elapsed, ETA (?P<eta>[^,\s]+)(?:, (?P<budget>.+))?$"
 )
 
 
-def _line(tally: Tally, already: int = 0, elapsed_s: float = 90.0) -> dict[str, str]:
-    progress = ProgressLine("lecture", tally.n_trials, lambda: Tally(tally.n_trials, already))
+def _line(
+    tally: Tally, already: int = 0, elapsed_s: float = 90.0, budget: Budget | None = None
+) -> dict[str, str]:
+    read = lambda: Tally(tally.n_trials, already)  # noqa: E731
+    progress = ProgressLine("lecture", tally.n_trials, read, budget)
     progress.start -= elapsed_s
     found = LINE.match(progress.render(tally))
     assert found, progress.render(tally)
@@ -98,3 +103,17 @@ def test_the_line_is_redrawn_only_on_a_terminal_that_takes_escape_codes(
     assert ("\033[K" in terminal.getvalue()) is redrawn
     assert ("\r" in terminal.getvalue()) is redrawn
     assert "[lecture] 1/20 finished" in terminal.getvalue()
+
+
+def test_without_a_budget_the_line_shows_no_time_left() -> None:
+    assert _line(Tally(20, finished=6))["budget"] is None
+
+
+def test_with_a_budget_the_line_shows_the_time_left() -> None:
+    budget = Budget.start(600.0, time.monotonic() - 90.5)  # 509.5 s left: shown as 8:29
+    assert _line(Tally(20, finished=6), budget=budget)["budget"] == "8:29 of budget left"
+
+
+def test_a_spent_budget_shows_the_trials_in_flight_finishing() -> None:
+    budget = Budget.start(60.0, time.monotonic() - 90.0)
+    assert _line(Tally(20, finished=6), budget=budget)["budget"] == "budget spent: finishing"

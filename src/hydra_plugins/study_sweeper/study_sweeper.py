@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class StudySweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from study.sweep.plan import plan_sweep
 
+        started = time.monotonic()  # sweep.timeout counts from here, on this host
         assert self.config is not None
         hydra_cfg = self.config.hydra
         HydraConfig.instance().set_config(self.config)
@@ -41,7 +43,7 @@ class StudySweeper(Sweeper):
             Path(hydra_cfg.sweep.dir),
             choices,
         )
-        from study.sweep.pool import EarlyWorkers
+        from study.sweep.pool import EarlyWorkers, worker_imports
         from study.sweep.resume import nothing_to_do, read_study
 
         # A study that means something else, or has nothing left to run, answers before any
@@ -50,10 +52,18 @@ class StudySweeper(Sweeper):
         if state.finished >= plan.settings.n_trials:
             print(nothing_to_do(plan))
             return []
+        print(plan.first_line(), flush=True)
         plan = plan.capped_to(plan.settings.n_trials - state.finished)
-        # The workers import (~4 s) while the parent imports MLflow and opens the study.
-        with EarlyWorkers(plan.slots, plan.sweep_dir, plan.threads) as early:
+        # The workers (or their fork server) import (~4 s) while the parent imports MLflow and
+        # opens the study.
+        with EarlyWorkers(
+            plan.slots,
+            plan.sweep_dir,
+            plan.threads,
+            plan.fork_server,
+            worker_imports(plan.settings.pack),
+        ) as early:
             from study.sweep.driver import run_sweep  # MLflow: after the plan is checked
 
-            run_sweep(self.config, plan, early)
+            run_sweep(self.config, plan, early, started)
         return []

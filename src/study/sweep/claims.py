@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import optuna
 
 from study.sweep.backends import FINISHED, StudyLock
+from study.sweep.budget import deadline_passed
 
 RUNNING = optuna.trial.TrialState.RUNNING
 COUNTED = (*FINISHED, RUNNING)
@@ -46,6 +47,7 @@ def claim_trial(
     n_trials: int,
     lock: StudyLock,
     wait: bool = True,
+    deadline: float | None = None,
 ) -> optuna.Trial | None:
     """Start one of the study's n_trials in this worker; None when all are taken.
 
@@ -53,10 +55,13 @@ def claim_trial(
     worker went silent are failed first (their retries queued by the storage's stale-trial
     callback), and while the last trials run elsewhere this waits: one of them may yet fail,
     on a host that will never retry it. A worker that runs trials itself must not wait (some
-    of those it would wait for are its own): `wait=False` answers None at once.
+    of those it would wait for are its own): `wait=False` answers None at once. Past
+    `deadline` (the session's time budget, study.sweep.budget) nothing is claimed or waited for.
     """
     heartbeat = heartbeat_interval(storage)
     while True:
+        if deadline_passed(deadline):
+            return None
         with lock.held(), warnings.catch_warnings():
             # "experimental"; "supposed to be used with Study.optimize": we beat ourselves
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

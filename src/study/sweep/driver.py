@@ -26,6 +26,7 @@ from study.sweep.backends import (
     quiet_optuna,
     storage_exists,
 )
+from study.sweep.budget import Budget, ended_note
 from study.sweep.definition import DEFINITION_ATTR, encode
 from study.sweep.plan import SweepPlan
 from study.sweep.pool import SPEC_FILE, EarlyWorkers, Scheduler
@@ -123,7 +124,11 @@ def open_parent_run(
 
 
 def worker_spec(
-    plan: SweepPlan, experiment_id: str, parent_run_id: str, tracking_uri: str | None
+    plan: SweepPlan,
+    experiment_id: str,
+    parent_run_id: str,
+    tracking_uri: str | None,
+    budget: Budget | None = None,
 ) -> WorkerSpec:
     base = OmegaConf.to_container(plan.base_config, resolve=False)
     assert isinstance(base, dict)
@@ -135,6 +140,7 @@ def worker_spec(
         experiment_id=experiment_id,
         parent_run_id=parent_run_id,
         tracking_uri=tracking_uri,
+        deadline=budget.deadline if budget else None,
     )
 
 
@@ -147,9 +153,16 @@ def browse_hint(tracking: TrackingChoice, experiment_id: str) -> str:
     return f"browse: {runs_url('http://127.0.0.1:5000', experiment_id)}  (after {ui})"
 
 
-def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = None) -> Tally:
+def run_sweep(
+    cfg: DictConfig,
+    plan: SweepPlan,
+    early: EarlyWorkers | None = None,
+    started: float | None = None,
+) -> Tally:
     """Run the study `plan` (from study.sweep.plan.plan_sweep on `cfg`) to its end, with the
-    `early` workers started for its slots where there are any."""
+    `early` workers started for its slots where there are any. `sweep.timeout` counts from
+    `started` (time.monotonic() when the sweep began on this host; None: now)."""
+    budget = Budget.start(plan.timeout, started)
     settings = plan.settings
     configure_process()
     quiet_optuna()
@@ -158,6 +171,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
     client = store.client()
     study = open_study(plan, client)
     plan = plan.capped_to(settings.n_trials - read_tally(study, settings.n_trials).finished)
+    settings = plan.settings  # its pack capped to the trials left
     lock = StudyLock(settings.storage_url, settings.study_name)
     with lock.held():  # hosts starting at the same moment: one parent run for the study
         experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
@@ -173,6 +187,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
                 settings.study_name,
                 settings.n_trials,
                 lambda: read_tally(study, settings.n_trials),
+                budget,
             )
             print(
                 f"study {settings.study_name}: {tally.finished}/{settings.n_trials} trials "
@@ -186,7 +201,7 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
             )
             scheduler = Scheduler(
                 plan.slots,
-                worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri).write(
+                worker_spec(plan, experiment_id, parent_run_id, cfg.tracking.uri, budget).write(
                     plan.sweep_dir / SPEC_FILE
                 ),
                 plan.sweep_dir,
@@ -195,12 +210,18 @@ def run_sweep(cfg: DictConfig, plan: SweepPlan, early: EarlyWorkers | None = Non
                 on_worker_lost=recovery.worker_lost,
                 threads=plan.threads,
                 early=early,
+                budget=budget,
             )
             plotting = import_plotting_meanwhile()
             if tally.finished < settings.n_trials:
                 scheduler.run()
             progress.close()
             plotting.join()
+            ended = read_tally(study, settings.n_trials)
+            if budget.spent() and ended.finished < settings.n_trials and not scheduler.stop_reason:
+                ran = ended.finished + ended.failed - tally.finished - tally.failed
+                n_trials = settings.n_trials
+                print(ended_note(settings.study_name, budget, ran, ended.finished, n_trials))
             print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
             print(browse_hint(tracking, experiment_id))
             if scheduler.stop_reason is not None:

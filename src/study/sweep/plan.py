@@ -18,6 +18,7 @@ from study.data import check_data, record_classes
 from study.errors import UserError
 from study.overrides import nested_space, refuse_unknown_added_keys
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
+from study.sweep.budget import check_timeout
 from study.sweep.definition import study_definition
 from study.sweep.pool import DeviceSlot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.space import Param, parse_space, range_ends, set_values, trial_base_config
@@ -43,11 +44,23 @@ class SweepPlan:
     base_config: DictConfig  # a trial's run config before its sampled values are set
     sweep_dir: Path
     definition: dict[str, Any]  # what the study means (study.sweep.definition)
+    timeout: float | None = None  # seconds of this session on this host (study.sweep.budget)
+    fork_server: bool = False  # workers forked from one preloaded process (study.sweep.zygote)
 
     @property
     def in_flight(self) -> int:
         """Trials that train at once on this host: its workers' packs."""
         return len(self.slots) * self.settings.pack
+
+    def first_line(self) -> str:
+        """What the sweep says at once, before its slower imports and the study's opening."""
+        budget = f" within {self.timeout:g} s" if self.timeout is not None else ""
+        devices = ", ".join(sorted({slot.label for slot in self.slots}))
+        settings = self.settings
+        return (
+            f"study {settings.study_name}: up to {settings.n_trials} trials{budget}; "
+            f"starting on {devices}"
+        )
 
     def capped_to(self, trials_left: int) -> SweepPlan:
         """This plan with no more workers than trials left to run, and no more trials in
@@ -195,6 +208,10 @@ def plan_sweep(
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise UserError(f"sweep.retries={retries!r} is out of range: must be an integer >= 0")
     heartbeat_s = _positive_int(settings, "heartbeat_s")
+    timeout = check_timeout(settings.get("timeout"))
+    fork_server = settings.get("fork_server", False)
+    if not isinstance(fork_server, bool):
+        raise UserError(f"sweep.fork_server={fork_server!r} is not allowed: use true or false")
     storage_url = str(settings.storage or default_storage(study_name))
     check_storage_url(storage_url)
     check_devices(settings.devices)
@@ -255,6 +272,8 @@ def plan_sweep(
         definition=study_definition(
             base_config, params, metric, str(settings.direction), group_choices
         ),
+        timeout=timeout,
+        fork_server=fork_server,
     )
 
 

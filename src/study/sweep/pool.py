@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserError
+from study.sweep.budget import Budget
 from study.sweep.spec import (
     WORKER_MODULE,
     Command,
@@ -32,6 +33,7 @@ from study.sweep.spec import (
     decode_event,
     send_command,
 )
+from study.sweep.zygote import ForkedProcess, ForkServer
 
 MAX_REPLACEMENTS_PER_SLOT = 3
 
@@ -131,7 +133,7 @@ class EventPipe:
 @dataclass
 class Worker:
     slot: DeviceSlot
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     events: EventPipe
     log_path: Path
     trials: set[int] = field(default_factory=set)  # the trials it runs, as it said
@@ -148,12 +150,18 @@ def worker_log(log_dir: Path, slot: DeviceSlot) -> Path:
     return log_dir / f"worker_{slot.index}.log"
 
 
-def start_worker(slot: DeviceSlot, spec_path: Path, log_dir: Path, threads: int) -> Worker:
-    """A worker process for `slot`. It imports what it needs (~4 s), then waits for "start"
+def start_worker(
+    slot: DeviceSlot,
+    spec_path: Path,
+    log_dir: Path,
+    threads: int,
+    server: ForkServer | None = None,
+) -> Worker:
+    """A worker process for `slot`: forked from the host's fork `server` (its imports done),
+    or else started from scratch (it imports what it needs, ~4 s). It waits for "start"
     before it reads `spec_path`: it may be started before the spec is written."""
     read_fd, write_fd = os.pipe()
     env = {
-        **os.environ,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "STUDY_WORKER_THREADS": str(threads),
@@ -163,42 +171,66 @@ def start_worker(slot: DeviceSlot, spec_path: Path, log_dir: Path, threads: int)
         env["CUDA_VISIBLE_DEVICES"] = slot.device
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = worker_log(log_dir, slot)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                WORKER_MODULE,
-                str(spec_path),
-                str(slot.index),
-                str(write_fd),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
-        )
+    args = [str(spec_path), str(slot.index), str(write_fd)]
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
+    if server is not None:
+        process = server.spawn(args, env, log_path, write_fd)
+    if process is None:  # no fork server, or it is gone: a worker of its own
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, *args],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                env={**os.environ, **env},
+                start_new_session=True,  # Ctrl-C reaches the parent, which stops workers in order
+            )
     os.close(write_fd)
     return Worker(slot, process, EventPipe(read_fd), log_path)
 
 
+def worker_imports(pack: int) -> list[str]:
+    """What a worker imports before its first trial ends: a fork server preloads it. Workers
+    that train one trial at a time train through Lightning; packed ones never import it."""
+    return [WORKER_MODULE] if pack > 1 else [WORKER_MODULE, "study.train"]
+
+
 SPEC_FILE = ".worker_spec.json"  # in the sweep folder; holds the real URLs, owner-only
+FORK_SERVER_LOG = "fork_server.log"
 
 
 class EarlyWorkers:
     """Workers started as soon as the plan is checked, so that their imports (~4 s) overlap
-    the parent's (MLflow) and its opening of the study and the parent run (~1.5 s here).
+    the parent's (MLflow) and its opening of the study and the parent run (~1.5 s here); or,
+    with `fork_server`, the host's fork server (study.sweep.zygote), importing `preload` once,
+    from which the Scheduler forks each worker when it needs one.
 
     The Scheduler adopts them slot by slot; whatever it does not take is stopped on leaving
     the `with` block, before reading the spec: the empty logs (and the sweep folder) they made
-    are removed.
+    are removed. The fork server is closed on leaving it, once the study's workers are gone.
     """
 
-    def __init__(self, slots: Sequence[DeviceSlot], sweep_dir: Path, threads: int) -> None:
+    def __init__(
+        self,
+        slots: Sequence[DeviceSlot],
+        sweep_dir: Path,
+        threads: int,
+        fork_server: bool = False,
+        preload: Sequence[str] = (WORKER_MODULE,),
+    ) -> None:
         self.new_folder = None if sweep_dir.exists() else sweep_dir
         self.new_logs = {log for s in slots if not (log := worker_log(sweep_dir, s)).exists()}
+        self.server: ForkServer | None = None
+        self.waiting: dict[DeviceSlot, Worker] = {}
+        if fork_server:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            self.server_log = sweep_dir / FORK_SERVER_LOG
+            if not self.server_log.exists():
+                self.new_logs.add(self.server_log)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            self.server = ForkServer(preload, env, self.server_log)
+            return
         spec_path = sweep_dir / SPEC_FILE
         self.waiting = {slot: start_worker(slot, spec_path, sweep_dir, threads) for slot in slots}
 
@@ -207,6 +239,10 @@ class EarlyWorkers:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_the_rest()
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+            self._remove_what_stayed_empty({self.server_log})
 
     def take(self, slot: DeviceSlot) -> Worker | None:
         return self.waiting.pop(slot, None)
@@ -223,10 +259,17 @@ class EarlyWorkers:
             worker.events.close()
             if worker.process.stdin is not None:
                 worker.process.stdin.close()
-            with contextlib.suppress(OSError):
-                if worker.log_path in self.new_logs and worker.log_path.stat().st_size == 0:
-                    worker.log_path.unlink()
+        if self.server is None:
+            self._remove_what_stayed_empty({worker.log_path for worker in self.waiting.values()})
         self.waiting.clear()
+
+    def _remove_what_stayed_empty(self, logs: set[Path]) -> None:
+        """The `logs` this made that stayed empty, and the sweep folder if it made it and
+        nothing else is in it."""
+        for log in logs & self.new_logs:
+            with contextlib.suppress(OSError):
+                if log.stat().st_size == 0:
+                    log.unlink()
         if self.new_folder is not None:
             with contextlib.suppress(OSError):  # not empty: the study ran in it
                 self.new_folder.rmdir()
@@ -255,6 +298,7 @@ class Scheduler:
     stop_reason: str | None = None
 
     early: EarlyWorkers | None = None  # workers started while the parent opened the study
+    budget: Budget = field(default_factory=Budget)  # sweep.timeout: no trial starts after it
 
     def __post_init__(self) -> None:
         self.threads = self.threads or threads_per_worker(len(self.slots))
@@ -262,12 +306,14 @@ class Scheduler:
     def _start(self, slot: DeviceSlot) -> None:
         assert self.threads is not None
         worker = self.early.take(slot) if self.early else None
-        worker = worker or start_worker(slot, self.spec_path, self.log_dir, self.threads)
+        server = self.early.server if self.early else None
+        worker = worker or start_worker(slot, self.spec_path, self.log_dir, self.threads, server)
         worker.send(Command.START)  # the spec is written
         self.workers.append(worker)
         self.selector.register(worker.events, selectors.EVENT_READ, worker)
 
-    def _go_on(self, worker: Worker) -> None:
+    def _go_on(self, worker: Worker, first: bool = False) -> None:
+        """Say "trial" or "stop" to `worker`; its `first` pack starts whatever the budget."""
         if worker.exhausted:
             return  # it reads no more commands
         if self.failed_here >= self.max_failures:
@@ -275,13 +321,14 @@ class Scheduler:
                 f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
                 f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
             )
-        worker.send(Command.STOP if self.stop_reason else Command.TRIAL)
+        out_of_time = not first and self.budget.spent()
+        worker.send(Command.STOP if self.stop_reason or out_of_time else Command.TRIAL)
 
     def _handle(self, worker: Worker, event: Event) -> None:
         if isinstance(event, Ready):
             worker.ready = True
             for _ in range(event.slots):
-                self._go_on(worker)
+                self._go_on(worker, first=True)
         elif isinstance(event, Started):
             worker.trials.add(event.number)
         elif isinstance(event, Finished):
@@ -337,7 +384,7 @@ class Scheduler:
             self.on_event(Lost(number, code))
         if self.replaced >= MAX_REPLACEMENTS_PER_SLOT * len(self.slots):
             self.stop_reason = self.stop_reason or f"workers died {self.replaced} times: giving up"
-        if not self.stop_reason:
+        if not self.stop_reason and not self.budget.spent():  # a rerun retries its trials
             self.replaced += 1
             self._start(worker.slot)
 

@@ -11,6 +11,7 @@ import optuna
 
 from study.errors import redraws
 from study.sweep.backends import FINISHED, best_trial
+from study.sweep.budget import Budget
 from study.sweep.spec import Event, Finished, Lost
 
 
@@ -28,10 +29,18 @@ class Tally:
 
 
 class ProgressLine:
-    """One line for the whole study: finished/total, pruned, failed, best so far, time."""
+    """One line for the whole study: finished/total, pruned, failed, best so far, time (and
+    the time budget's rest, with sweep.timeout)."""
 
-    def __init__(self, study_name: str, n_trials: int, read: Callable[[], Tally]) -> None:
+    def __init__(
+        self,
+        study_name: str,
+        n_trials: int,
+        read: Callable[[], Tally],
+        budget: Budget | None = None,
+    ) -> None:
         self.study_name = study_name
+        self.budget = budget or Budget()
         self.n_trials = n_trials
         self.read = read
         self.start = time.monotonic()
@@ -53,8 +62,14 @@ class ProgressLine:
             f"[{self.study_name}] {tally.finished}/{self.n_trials} finished, "
             f"{tally.pruned} pruned, {tally.failed} failed, {tally.running} running | "
             f"best {best} | "
-            f"{_clock(elapsed)} elapsed, ETA {eta}"
+            f"{_clock(elapsed)} elapsed, ETA {eta}{self._budget_left()}"
         )
+
+    def _budget_left(self) -> str:
+        left = self.budget.left_s()
+        if left is None:
+            return ""
+        return f", {_clock(left)} of budget left" if left else ", budget spent: finishing"
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, Lost):

@@ -72,6 +72,7 @@ class WorkerSpec:
     experiment_id: str
     parent_run_id: str
     tracking_uri: str | None
+    deadline: float | None = None  # time.monotonic() after which no trial starts (budget.py)
 
     def to_json(self) -> str:
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
@@ -143,8 +144,8 @@ class Finished:
 
 @dataclass(frozen=True)
 class Exhausted:
-    """Every trial of the study is taken: the worker takes no more, and exits once the trials
-    it runs have finished."""
+    """Every trial of the study is taken, or the session's time budget is spent: the worker
+    takes no more, and exits once the trials it runs have finished."""
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,13 @@ def main(argv: list[str]) -> int:
             lock = StudyLock(spec.settings.storage_url, spec.settings.study_name)
 
             go_aheads = 0  # "trial" lines from the parent not yet spent on a trial
+            claimed = 0  # its first pack is claimed whatever the budget says (sweep.budget)
             stopped = False  # the parent said stop, or the study has no trial left for us
 
             def next_trial(wait: bool = True) -> optuna.Trial | None:
-                """The next trial to run, once the parent says go on; None when there is none (with
-                `wait=False`: none right now, while this worker's own trials still run)."""
-                nonlocal go_aheads, stopped
+                """The next trial to run, once the parent says go on; None when there is none
+                (with `wait=False`: none right now, while this worker's own trials still run)."""
+                nonlocal go_aheads, stopped, claimed
                 if stopped:
                     return None
                 if not go_aheads:
@@ -68,9 +69,11 @@ def main(argv: list[str]) -> int:
                         stopped = True
                         return None
                     go_aheads += 1
-                trial = claim_trial(study, storage, spec.settings.n_trials, lock, wait)
+                deadline = spec.deadline if claimed >= spec.settings.pack else None
+                trial = claim_trial(study, storage, spec.settings.n_trials, lock, wait, deadline)
                 if trial is not None:
                     go_aheads -= 1
+                    claimed += 1
                 elif wait:
                     stopped = True
                     runner.emit(Exhausted())
@@ -96,11 +99,18 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-if __name__ == "__main__":
+def entry(argv: list[str]) -> int:
+    """main(argv) as a process runs it: its exit code, errors reported on stderr."""
     try:
-        code = main(sys.argv[1:])
+        return main(argv)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except Exception as error:  # UserError: one line; anything else: a traceback, masked
-        sys.exit(report(error))
+        return report(error)
+
+
+if __name__ == "__main__":
+    code = entry(sys.argv[1:])
+    if code:
+        sys.exit(code)
     exit_now(code)  # the parent waits for this exit before it sums up the study

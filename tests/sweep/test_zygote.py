@@ -1,0 +1,101 @@
+"""study.sweep.zygote: workers forked from one preloaded process keep the contract of a worker
+started from scratch: stdin commands, the events pipe, a log, a pid to signal, its exit code,
+and death with the sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from study.sweep.pool import EarlyWorkers, Slot, Worker, start_worker
+from study.sweep.spec import WORKER_MODULE
+from study.sweep.zygote import ZYGOTE_MODULE, ForkServer
+
+SLOT = Slot(0, None)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    log = tmp_path_factory.mktemp("server") / "fork_server.log"
+    server = ForkServer([WORKER_MODULE], dict(os.environ), log)
+    yield server
+    server.close()
+
+
+def _worker(server: ForkServer, folder: Path) -> Worker:
+    """A worker forked from `server`, waiting for "start" (its spec file never exists)."""
+    worker = start_worker(SLOT, folder / "no_spec.json", folder, 1, server)
+    assert worker.process.pid != server.process.pid
+    return worker
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_worker_is_forked_from_the_server_not_started_anew(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    worker = _worker(server, tmp_path)
+    assert _parent_of(worker.process.pid) == server.process.pid
+    cmdline = Path(f"/proc/{worker.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert ZYGOTE_MODULE.encode() in cmdline  # the server's image: no second interpreter start
+    worker.send("stop")
+    assert worker.process.wait(timeout=30) == 0
+
+
+def test_a_worker_that_reads_no_start_exits_0_and_says_nothing(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    worker = _worker(server, tmp_path)
+    assert worker.process.poll() is None
+    worker.process.stdin.close()  # type: ignore[union-attr]
+    assert worker.process.wait(timeout=30) == 0
+    assert worker.events.rest() == []
+
+
+def test_a_killed_worker_reports_the_signal_as_popen_does(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    worker = _worker(server, tmp_path)
+    worker.process.kill()
+    assert worker.process.wait(timeout=30) == -signal.SIGKILL
+    assert worker.events.rest() == []  # its end of the events pipe closed with it
+
+
+def test_a_worker_that_fails_writes_its_error_to_its_log_and_exits_with_its_code(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    worker = _worker(server, tmp_path)
+    worker.send("start")  # it reads the spec, which is not there: one error line, code 2
+    assert worker.process.wait(timeout=30) == 2
+    [line] = worker.log_path.read_text().splitlines()
+    assert line.startswith("error: ") and "no_spec.json" in line
+
+
+def test_workers_die_with_their_server(tmp_path: Path) -> None:
+    server = ForkServer([WORKER_MODULE], dict(os.environ))
+    worker = _worker(server, tmp_path)
+    os.kill(server.process.pid, signal.SIGKILL)  # the sweep's host process tree going down
+    assert worker.process.wait(timeout=30) == -signal.SIGTERM
+    assert start_worker(SLOT, tmp_path / "no_spec.json", tmp_path, 1, server).process.poll() in (
+        None,
+        0,
+    )  # no server: a worker of its own, started from scratch
+    server.close()
+
+
+def test_an_unneeded_fork_server_leaves_no_trace(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    with EarlyWorkers([SLOT], sweep_dir, 1, fork_server=True) as early:
+        assert early.server is not None and early.waiting == {}
+        process = early.server.process
+        started = time.monotonic()
+    assert process.poll() is not None
+    assert time.monotonic() - started < 20  # it was not waited for to finish importing
+    assert not sweep_dir.exists()
