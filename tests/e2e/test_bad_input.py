@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import all_runs, cli, copy_store, one_error_line, tiny
 from study.sweep.backends import make_storage
-from study.sweep.pool import visible_gpus
+from study.sweep.devices import visible_gpus
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-8c1e2f"  # must never be shown

@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from helpers import TINY
 from study.errors import UserError
 from study.sweep.definition import check_same_study, encode, study_definition
+from study.sweep.devices import DeviceSlot
 from study.sweep.plan import AUTO_PACK, WORKERS_PER_PLACE, SweepPlan, pack_size
-from study.sweep.pool import DeviceSlot
 from study.sweep.space import Param
 
 CORES = os.cpu_count() or 1

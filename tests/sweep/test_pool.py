@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from study.errors import UserError
-from study.sweep.pool import (
-    DeviceSlot,
-    EarlyWorkers,
-    EventPipe,
-    device_slots,
-    threads_per_worker,
-    visible_gpus,
-)
+from study.sweep.devices import DeviceSlot, device_slots, threads_per_worker, visible_gpus
+from study.sweep.pool import EarlyWorkers, EventPipe
 
 CORES = os.cpu_count() or 1
 

@@ -43,6 +43,7 @@ def _spec() -> WorkerSpec:
             retries=1,
             heartbeat_s=10,
             pack=8,
+            packed=True,
             overrides=["data=wine"],
             config_name="sweep",
             conf_dir="/conf",

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from study.sweep.pool import EarlyWorkers, Slot, Worker, start_worker
+from study.sweep.devices import DeviceSlot
+from study.sweep.pool import EarlyWorkers, Worker, start_worker
 from study.sweep.spec import WORKER_MODULE
 from study.sweep.zygote import ZYGOTE_MODULE, ForkServer
 
-SLOT = Slot(0, None)
+SLOT = DeviceSlot(0, None)
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ class StudySweeper(Sweeper):
             plan.sweep_dir,
             plan.threads,
             plan.fork_server,
-            worker_imports(plan.settings.pack),
+            worker_imports(plan.settings.packed),
         ) as early:
             from study.sweep.driver import run_sweep  # MLflow: after the plan is checked
 

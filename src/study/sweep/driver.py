@@ -194,7 +194,7 @@ def run_sweep(
                 f"finished{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
                 f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
                 f"{plan.workers_note}"
-                f"{f', {settings.pack} trials packed in each' if settings.pack > 1 else ''}"
+                f"{f', {settings.pack} trials packed in each' if settings.packed else ''}"
                 f"{plan.pack_note}; storage {redact(settings.storage_url)}; "
                 f"MLflow {tracking.describe()}",
                 flush=True,

@@ -20,7 +20,7 @@ from study.overrides import nested_space, refuse_unknown_added_keys
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
 from study.sweep.budget import check_timeout
 from study.sweep.definition import study_definition
-from study.sweep.pool import DeviceSlot, device_slots, threads_per_worker, visible_gpus
+from study.sweep.devices import DeviceSlot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.space import Param, parse_space, range_ends, set_values, trial_base_config
 from study.sweep.spec import StudySettings
 from study.task import MODELS, TASKS
@@ -240,9 +240,8 @@ def plan_sweep(
     _, checked = check_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
     record_classes(base_config, checked)
-    pack, pack_note = capped_pack(
-        pack_size(settings.get("pack", 1), cfg, params, n_trials, slots), n_trials, len(slots)
-    )
+    asked = pack_size(settings.get("pack", 1), cfg, params, n_trials, slots)
+    pack, pack_note = capped_pack(asked, n_trials, len(slots))
     return SweepPlan(
         settings=StudySettings(
             study_name=study_name,
@@ -257,6 +256,7 @@ def plan_sweep(
             retries=retries,
             heartbeat_s=heartbeat_s,
             pack=pack,
+            packed=asked > 1,
             params=params,
             overrides=list(overrides),
             config_name=config_name,

@@ -34,7 +34,10 @@ class StudySettings:
     n_trials: int
     retries: int
     heartbeat_s: int
-    pack: int  # trials a worker trains at once (1: one at a time)
+    pack: int  # trials a worker trains at once
+    # Its trials train in the packed engine (sweep.pack asked for more than one), in packs
+    # capped to the trials left, even to one: a study's trials all train in one engine.
+    packed: bool
     params: list[Param]
     overrides: list[str]  # the command line's overrides: composed again when a group is sampled
     config_name: str

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
                 return trial
 
             runner.emit(Ready(slots=spec.settings.pack))
-            if spec.settings.pack > 1:
+            if spec.settings.packed:
                 PackRunner(runner, study, storage, next_trial).run()
             else:
                 while (trial := next_trial()) is not None:
