@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from study.diagnosis import CURVES, Diagnosis, Thresholds, diagnose_history
+from study.diagnosis import CURVES, PRUNED, Diagnosis, Thresholds, diagnose_history, pruned
 from study.errors import UserError
 from study.plots import Panel, plot_comparison
 from study.secrets import redact
@@ -65,6 +65,8 @@ def load_run(client: MlflowClient, run_id: str, store_uri: str) -> ComparedRun:
     thresholds = logged_thresholds(client, run)
     baseline = run.data.metrics.get("baseline_loss")
     diagnosis = diagnose_history(history, thresholds, baseline)
+    if run.data.tags.get("fit") == PRUNED:  # its pruner cut the curve: it is not judged
+        diagnosis = pruned(diagnosis, int(epochs[-1]))
     return ComparedRun(run_id, name, history, diagnosis, baseline)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class FitResult:
     fit_seconds: float = 0.0  # wall time of the training itself
 
     @property
-    def best(self) -> dict[str, float]:
+    def best(self) -> Mapping[str, float]:
         """The epoch of minimum validation loss: where early stopping should stop."""
         return best_row(self.history)
 
