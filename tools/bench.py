@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from harness import Sweep, trial_span
 from hydra import compose, initialize_config_dir
+from mlflow.entities import Metric
 from omegaconf import DictConfig
 
 from study.callbacks import MetricsLogger
@@ -237,9 +238,10 @@ class TimedMetricsLogger(MetricsLogger):
         values: Mapping[str, float],
         tags: Mapping[str, str],
         history: Sequence[Mapping[str, float]] = (),
+        series: Sequence[Metric] = (),
     ) -> None:
         start = time.perf_counter()
-        super().finish(values, tags, history)
+        super().finish(values, tags, history, series)
         self.seconds += time.perf_counter() - start
 
 

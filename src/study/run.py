@@ -16,8 +16,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import resolved_config
-from study.diagnosis import CURVES, PRUNED, pruned
+from study.diagnosis import PRUNED, pruned
 from study.fit_result import FitResult
+from study.markers import CHART, marker_series
 from study.packing import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from pytorch_lightning.callbacks import Callback
 
 OVERRIDES_ARTIFACT = "overrides.yaml"
+CURVES_FIGURE = "curves.png"
 
 
 @dataclass
@@ -176,7 +178,7 @@ def plot_run(cfg: DictConfig, result: FitResult, output_dir: Path, run_name: str
     """curves.png: the run's curves, titled with its verdict."""
     return plot_curves(
         result.history,
-        output_dir / "curves.png",
+        output_dir / CURVES_FIGURE,
         title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
         verdict=result.diagnosis.verdict,
         note=result.diagnosis.reason,
@@ -190,17 +192,21 @@ def judge(result: FitResult, outcome: Mapping[str, str]) -> None:
         result.diagnosis = pruned(result.diagnosis, result.stopped_epoch)
 
 
-def run_note(run: RunOutcome) -> str:
+def run_note(run: RunOutcome, figure: str | None = None) -> str:
     """The run's description (markdown, shown on its page): its verdict and why, where the
-    best epoch was and where training stopped, and a link to its curves on one chart."""
+    best epoch was and where training stopped, marked on one chart of its curves, and the
+    marked `figure` among its artifacts, if it has one."""
     result, diagnosis = run.result, run.result.diagnosis
+    chart = metric_chart_url(run.experiment_id, run.run_id, CHART)
+    drawn = f"; drawn in {figure} (Artifacts)" if figure else ""
     # The link comes first: the run page shows the first lines and folds the rest.
     return (
-        f"**fit: {diagnosis.verdict}** · [train/loss and val/loss on one chart]"
-        f"({metric_chart_url(run.experiment_id, run.run_id, CURVES)})\n\n{diagnosis.reason}\n\n"
+        f"**fit: {diagnosis.verdict}** · [train/loss and val/loss on one chart, best epoch "
+        f"marked]({chart})\n\n{diagnosis.reason}\n\n"
         f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}), "
-        f"training stopped at epoch {result.stopped_epoch}: both marked in curves.png "
-        "(Artifacts)."
+        f"training stopped at epoch {result.stopped_epoch}: on the chart, the vertical lines "
+        f"marker/best_epoch and marker/stopped, and marker/best_val_loss (the lowest val/loss "
+        f"so far) goes flat from the best epoch{drawn}."
     )
 
 
@@ -218,6 +224,8 @@ def record_result(
     checkpoint included): then one call logs it all, ~3 ms less per run than a call per file.
     """
     run_id, result = run.run_id, run.result
+    logged = artifacts.iterdir() if isinstance(artifacts, Path) else artifacts
+    figure = CURVES_FIGURE if any(p.name == CURVES_FIGURE for p in logged) else None
     if isinstance(artifacts, Path):
         client.log_artifacts(run_id, str(artifacts))
     else:
@@ -232,8 +240,9 @@ def record_result(
             "device": result.device,
             "fit": result.diagnosis.verdict,
             "fit.reason": result.diagnosis.reason,
-            NOTE_TAG: run_note(run),
+            NOTE_TAG: run_note(run, figure),
             **outcome_tags,
         },
         history=result.history,
+        series=marker_series(result.history),
     )

@@ -104,7 +104,7 @@ def test_the_parent_row_shares_its_best_trials_metrics_verdict_and_links_it(
     assert {key: run.data.metrics[key] for key in summary} == summary
     assert not [key for key in run.data.metrics if key.startswith(("train/", "val/"))]
     assert run.data.metrics["best_value"] == 0.4
-    assert run.data.tags["fit"] == "good"
+    assert run.data.tags["fit"] == "study"  # a study, not a run: its best trial's word is not
     note = run.data.tags[NOTE_TAG]
     assert f"[trial 4](#/experiments/{experiment_id}/runs/{best})" in note
     chart = metric_chart_url(experiment_id, parent, ("trial_value", "best_value"))
@@ -178,3 +178,62 @@ def test_no_plot_before_a_trial_completes(tmp_path: Path) -> None:
     study = optuna.create_study()
     study.tell(study.ask(), state=PRUNED)
     assert save_plots(study, tmp_path) == []
+
+
+def _trial(
+    mlflow: MlflowClient,
+    experiment_id: str,
+    parent: str,
+    name: str,
+    verdict: str,
+    curve: list[tuple[float, float]],
+    **metrics: float,
+) -> str:
+    """A trial's child run: its curves, final metrics and verdict as a trial logs them."""
+    run_id = mlflow.create_run(
+        experiment_id, run_name=name, tags={"mlflow.parentRunId": parent, "fit": verdict}
+    ).info.run_id
+    points = [
+        Metric(key, value, 0, epoch)
+        for epoch, (train, val) in enumerate(curve, start=1)
+        for key, value in (("train/loss", train), ("val/loss", val))
+    ]
+    best = min(val for _, val in curve)
+    finals = {"best_val_loss": best, "baseline_loss": 1.0, **metrics}
+    points += [Metric(key, value, 0, 0) for key, value in finals.items()]
+    mlflow.log_batch(run_id, metrics=points)
+    return run_id
+
+
+def test_the_parent_counts_its_trials_by_verdict_and_draws_the_clearest_side_by_side(
+    client: tuple[MlflowClient, str], tmp_path: Path
+) -> None:
+    from study.sweep.story import STORY_FIGURE, pick, trial_runs
+
+    mlflow, experiment_id = client
+    parent = mlflow.create_run(experiment_id, run_name="study told").info.run_id
+    falling = [(0.9 - 0.1 * i, 0.8 - 0.1 * i) for i in range(5)]
+    best = _trial(mlflow, experiment_id, parent, "trial 4", "good", falling)
+    _trial(mlflow, experiment_id, parent, "trial 0", "underfit", [(0.95, 0.9)] * 5)
+    barely = _trial(mlflow, experiment_id, parent, "trial 1", "underfit", [(0.99, 0.98)] * 5)
+    rising = [(0.9 - 0.15 * i, 0.5 + 0.1 * abs(i - 1)) for i in range(5)]
+    _trial(mlflow, experiment_id, parent, "trial 3", "overfit", rising, val_rise=0.3)
+    worst = _trial(mlflow, experiment_id, parent, "trial 5", "overfit", rising, val_rise=0.6)
+    pruned = _trial(mlflow, experiment_id, parent, "trial 2", "pruned", [(0.9, 0.85)])
+
+    finish_parent_run(mlflow, parent, study_of("minimize", {4: best}), tmp_path)
+
+    run = mlflow.get_run(parent)
+    assert run.data.tags["fit"] == "study"
+    assert (
+        run.data.tags["fit.reason"]
+        == "trials: 1 good, 2 underfit, 2 overfit, 0 diverged, 1 pruned"
+    )
+    note = run.data.tags[NOTE_TAG]
+    assert "Its trials: 1 good, 2 underfit, 2 overfit, 0 diverged, 1 pruned" in note
+    assert f"runs/{parent}/artifactPath/{STORY_FIGURE})" in note
+    assert "orderByKey=metrics.%60best_val_loss%60&orderByAsc=true" in note
+    assert STORY_FIGURE in {a.path for a in mlflow.list_artifacts(parent)}
+    roles = {role: r.info.run_id for role, r in pick(trial_runs(mlflow, experiment_id, parent))}
+    assert roles == {"best": best, "clearest underfit": barely, "clearest overfit": worst}
+    assert pruned not in roles.values()

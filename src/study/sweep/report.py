@@ -18,11 +18,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.compare import load_run
+from study.diagnosis import counts_line
 from study.errors import UserError
 from study.plots import DPI, plot_curves, pyplot
 from study.secrets import redact
 from study.sweep.backends import best_trial
-from study.tracking import NOTE_TAG, clean_number, log_metrics, metric_chart_url
+from study.sweep.story import STORY_FIGURE, Story, tell_story
+from study.tracking import (
+    NOTE_TAG,
+    artifact_url,
+    clean_number,
+    log_metrics,
+    metric_chart_url,
+    sorted_runs_url,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -126,7 +135,12 @@ def finish_parent_run(
     ]
     log_history(client, run_id, study)
     best = best_trial(study)
-    tags = {NOTE_TAG: parent_note(client, run_id, study, best, counts)}
+    experiment_id = client.get_run(run_id).info.experiment_id
+    story = tell_story(client, experiment_id, run_id, sweep_dir)
+    if story.figure is not None:
+        client.log_artifact(run_id, str(story.figure))
+    lines.append(f"trials by verdict: {counts_line(story.counts)}")
+    tags = {NOTE_TAG: parent_note(client, run_id, study, best, counts, story), **story.tags}
     if best is not None:
         best_run_id = best.user_attrs.get("mlflow_run_id", "")
         tags |= {
@@ -195,9 +209,7 @@ def best_run_summary(
         for name, value in run.data.metrics.items()
         if not name.startswith(CURVE_PREFIXES)
     }
-    tags: dict[str, str] = {
-        key: run.data.tags[key] for key in ("fit", "fit.reason") if key in run.data.tags
-    }
+    tags: dict[str, str] = {}  # not its verdict: the parent is a study (study.sweep.story)
     artifacts = {a.path for a in client.list_artifacts(best_run_id)}
     if CURVES_ARTIFACT not in artifacts:
         with contextlib.suppress(UserError):
@@ -227,9 +239,10 @@ def parent_note(
     study: optuna.Study,
     best: optuna.trial.FrozenTrial | None,
     counts: dict[str, int],
+    story: Story | None = None,
 ) -> str:
-    """The parent run's description (markdown): the study's outcome and a link to its best
-    trial."""
+    """The parent run's description (markdown): the study's outcome, its trials by verdict,
+    and links to its best trial, its trials best first and its story figure."""
     experiment_id = client.get_run(run_id).info.experiment_id
     history = metric_chart_url(experiment_id, run_id, (TRIAL_VALUE, BEST_VALUE))
     # Links first: the run page shows the first lines and folds the rest.
@@ -238,12 +251,20 @@ def parent_note(
         best_run_id = best.user_attrs.get("mlflow_run_id", "")
         lines[0] += (
             f" · best: [trial {best.number}](#/experiments/{experiment_id}/runs/{best_run_id}),"
-            f" value {best.value:.6g}"
+            f" value {best.value:.6g} · [trials, best first]"
+            f"({sorted_runs_url(experiment_id, 'best_val_loss')})"
         )
+    if story is not None:
+        figure = (
+            f" · [the best, clearest underfit and overfit trials side by side]"
+            f"({artifact_url(experiment_id, run_id, STORY_FIGURE)})"
+            if story.figure is not None
+            else ""
+        )
+        lines.append(f"**This run is a study.** Its trials: {counts_line(story.counts)}{figure}")
     lines += [
         f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each. "
-        "This run's metrics and fit verdict are its best trial's; Optuna's plots are in "
-        "Artifacts/plots."
+        "This run's metrics are its best trial's; Optuna's plots are in Artifacts/plots."
     ]
     return "\n\n".join(lines)
