@@ -23,6 +23,7 @@ from study.diagnosis import PRUNED
 from study.errors import UserError
 from study.prepare import prepare_data
 from study.run import RunOutcome, judge, run_one
+from study.markers import BEST_EPOCH, CHART, RUNNING_BEST, STOPPED
 from study.tracking import metric_chart_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,10 +117,24 @@ def test_the_description_says_the_verdict_why_and_links_both_curves_on_one_chart
     assert tags["fit.reason"] in note
     assert f"Best epoch {result.best_epoch} " in note
     assert f"stopped at epoch {result.stopped_epoch}" in note
-    chart = metric_chart_url(
-        tracked.outcome.experiment_id, tracked.outcome.run_id, ("train/loss", "val/loss")
-    )
+    chart = metric_chart_url(tracked.outcome.experiment_id, tracked.outcome.run_id, CHART)
     assert f"]({chart})" in note
+    assert "drawn in curves.png (Artifacts)" in note  # a single run has it
+
+
+def test_the_markers_are_logged_at_the_best_and_the_last_epoch(tracked: Tracked) -> None:
+    result = tracked.outcome.result
+    best = [(m.step, m.value) for m in tracked.curve(BEST_EPOCH)]
+    stopped = [(m.step, m.value) for m in tracked.curve(STOPPED)]
+    assert [step for step, _ in best] == [result.best_epoch] * 2
+    assert [step for step, _ in stopped] == [result.stopped_epoch] * 2
+    assert sorted(value for _, value in best)[0] == 0.0
+    assert max(value for _, value in best) > max(m.value for m in tracked.curve("train/loss"))
+    running = [m.value for m in tracked.curve(RUNNING_BEST)]
+    assert running[-1] == pytest.approx(result.best_val_loss)
+    assert running[result.best_epoch - 1 :] == [running[-1]] * len(
+        running[result.best_epoch - 1 :]
+    )
 
 
 @pytest.mark.parametrize(
