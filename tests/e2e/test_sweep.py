@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from helpers import all_runs, cli, one_error_line
 from study.sweep.backends import FINISHED, make_storage
 from study.sweep.spec import WORKER_MODULE
-from study.tracking import Store
+from study.tracking import NOTE_TAG, Store
 from study.ui import server_command, server_env, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -445,9 +445,25 @@ def test_each_packed_trials_run_holds_its_config_overrides_and_checkpoint(
             continue
         run_id = children[trial.number].info.run_id
         top = {artifact.path for artifact in client.list_artifacts(run_id)}
-        assert {"config.yaml", "overrides.yaml", "checkpoints"} <= top, (trial.number, top)
+        expected = {"config.yaml", "overrides.yaml", "checkpoints", "curves.png"}
+        assert expected <= top, (trial.number, top)
         saved = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
         assert saved == ["checkpoints/best.ckpt"], saved
+
+
+def test_every_trial_has_its_marked_curves_and_a_description_naming_only_what_it_has(
+    study_sweep: ResumedStudy,
+) -> None:
+    sweep = study_sweep.sweep
+    client = sweep.client()
+    for number, run in sweep.children().items():
+        files = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+        note = run.data.tags[NOTE_TAG]
+        assert ("curves.png" in note) == ("curves.png" in files), (number, files, note)
+        if run.data.tags.get("trial_state") in ("COMPLETE", "PRUNED"):
+            assert "curves.png" in files, (number, files)
+            steps = sweep.curve(run.info.run_id, "marker/best_epoch")
+            assert steps == [int(run.data.metrics["best_epoch"])] * 2, number
 
 
 def test_a_trial_reproduces_from_its_mlflow_run_id(

@@ -21,10 +21,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from study.config import resolved_config
+from study.curves_writer import CurvesJob, CurvesWriter
 from study.packed import Member, PackHooks, train_pack
 from study.packing import PACKED, arch_of, diverge_level, member_of, packed_result
 from study.prepare import PreparedData, prepare_data
-from study.run import RunOutcome, judge, record_result, run_tags, write_config_files
+from study.run import (
+    CURVES_FIGURE,
+    RunOutcome,
+    judge,
+    record_result,
+    run_note,
+    run_tags,
+    write_config_files,
+)
 from study.run_log import RunLog, trial_outcome
 from study.sweep.claims import TrialHeartbeat
 from study.sweep.trials import TrialRunner, note_failure, note_run, run_name
@@ -80,6 +89,7 @@ class PackRunner:
                 self._fail(trial, error)
             return
         splits = self.prepared.splits
+        self.curves = CurvesWriter(self.runner.store.uri)
         try:
             train_pack(
                 self.next_member,
@@ -90,10 +100,12 @@ class PackRunner:
                 hooks=PackHooks(self.on_epoch_end, self.on_member_done, diverge_level(self.base)),
             )
         except BaseException:  # Ctrl-C, SIGTERM, a crash: every open run closes, not RUNNING
+            self.curves.abort()
             for packed in self.running.values():
                 packed.heartbeat.stop()
                 packed.run.__exit__(*sys.exc_info())
             raise
+        self.curves.close()  # every trial's curves.png logged before the worker exits
 
     def next_member(self) -> Member | None:
         """The study's next trial as a member of the pack; None when there is none now. Only a
@@ -166,15 +178,17 @@ class PackRunner:
             elapsed = time.perf_counter() - packed.started
             result = packed_result(packed.cfg, member, self.prepared, packed.output_dir, elapsed)
             judge(result, outcome)
+            done = RunOutcome(packed.run_id, self.experiment_id, result)
             record_result(
                 self.runner.client,
-                RunOutcome(packed.run_id, self.experiment_id, result),
+                done,
                 packed.metrics_logger,
                 packed.output_dir,  # its config files and checkpoint, nothing else
                 outcome,
             )
             packed.run.close()
             note_run(trial, packed.run_id, result)
+            self.curves.submit(self._curves_job(done, packed, trial.number))
         except Exception as error:  # the run holds the error tag; the pack goes on
             packed.run.__exit__(type(error), error, error.__traceback__)
             trial.set_user_attr("mlflow_run_id", packed.run_id)
@@ -183,6 +197,20 @@ class PackRunner:
         finally:
             packed.heartbeat.stop()
         self.runner.finish(self.study, trial, state, packed.best)
+
+    def _curves_job(self, run: RunOutcome, packed: PackedTrial, number: int) -> CurvesJob:
+        """The trial's curves.png, drawn off the pack's path (study.curves_writer)."""
+        diagnosis = run.result.diagnosis
+        return CurvesJob.of(
+            run.run_id,
+            packed.output_dir / CURVES_FIGURE,
+            run_name(number, self.spec.n_trials),
+            diagnosis.verdict,
+            diagnosis.reason,
+            run.result.baseline_loss,
+            run.result.history,
+            run_note(run, CURVES_FIGURE),
+        )
 
     def _fail(self, trial: optuna.Trial, error: Exception) -> None:
         packed = self.running.pop(trial.number, None)
