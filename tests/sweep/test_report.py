@@ -9,14 +9,8 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from study.sweep.report import (
-    PLOTS,
-    finish_parent_run,
-    log_history,
-    optimization_history,
-    optuna_figures,
-    save_plots,
-)
+from study.sweep.report import finish_parent_run, log_history, optimization_history
+from study.sweep.study_page import figures, history_figure, write_page
 from study.tracking import NOTE_TAG, Store, metric_chart_url
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -135,49 +129,36 @@ def searched_study() -> optuna.Study:
     return study
 
 
-def test_optunas_plots_draw_the_studys_trials() -> None:
+def test_the_study_page_shows_pruned_trials_where_they_were_stopped() -> None:
     study = searched_study()
-    figures = dict(optuna_figures(study))
-    assert list(figures) == list(PLOTS)
-    complete = [t for t in study.trials if t.state == COMPLETE]
-
-    [history] = figures["optimization_history"].axes
-    assert history.get_title() == "Optimization History Plot"
-    assert history.get_xlabel() == "Trial" and history.get_ylabel() == "Objective Value"
-    assert len(history.collections[0].get_offsets()) == len(complete)  # a point per trial
-
-    [importances] = figures["param_importances"].axes
-    assert importances.get_title(loc="left") == "Hyperparameter Importances"
-    assert importances.get_xlabel() == "Hyperparameter Importance"
-    assert sorted(t.get_text() for t in importances.get_yticklabels()) == sorted(study.best_params)
-    assert len(importances.patches) == 2  # a bar per parameter
-
-    parallel = figures["parallel_coordinate"].axes[0]
-    assert parallel.get_title() == "Parallel Coordinate Plot"
-    assert len(parallel.collections[0].get_segments()) == len(complete)  # a line per trial
-
-    [curves] = figures["intermediate_values"].axes
-    assert curves.get_title() == "Intermediate Values Plot"
-    assert curves.get_xlabel() == "Step"
-    assert len(curves.get_lines()) == len(study.trials)  # pruned trials' curves too
-    first = curves.get_lines()[0]
-    assert (list(first.get_xdata()), list(first.get_ydata())) == ([1, 2, 3], [3.0, 2.0, 1.0])
+    history = history_figure(study, "val/loss")
+    complete, pruned, best = history.data
+    assert list(complete.x) == [0, 1, 3, 4, 5]
+    assert (list(pruned.x), list(pruned.y), list(pruned.customdata)) == ([2], [1 / 3], [3])
+    assert pruned.marker.symbol == "x"
+    assert list(best.y) == [1.0, 0.5, 0.25, 0.2, 1 / 6]
 
 
-def test_save_plots_writes_each_figure_and_closes_it(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
+def test_the_study_page_holds_four_figures_and_plotly_inlined_once(tmp_path: Path) -> None:
+    made = figures(searched_study(), "val/loss")
+    titles = [figure.layout.title.text for figure in made]
+    assert titles[0] == "Optimization history"
+    assert titles[1] == "Parallel coordinates, coloured by val/loss at the best epoch"
+    assert "Hyperparameter Importances" in titles[2]
+    assert titles[3].startswith("Intermediate values")
+    assert not [t for t in made[3].data if t.showlegend is not False]  # no legend of trials
+    page = write_page(searched_study(), tmp_path / "study.html")
+    assert page is not None
+    text = page.read_text()
+    assert text.count("plotly.js v") == 1  # the library, inlined once for four figures
+    assert 'src="https://cdn.plot.ly' not in text  # no network: no script from a CDN
+    assert text.count('class="plotly-graph-div"') == 4
 
-    before = plt.get_fignums()
-    paths = save_plots(searched_study(), tmp_path)
-    assert [p.name for p in paths] == [f"{name}.png" for name in PLOTS]
-    assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 10_000 for p in paths)
-    assert plt.get_fignums() == before
 
-
-def test_no_plot_before_a_trial_completes(tmp_path: Path) -> None:
+def test_no_page_before_a_trial_finishes(tmp_path: Path) -> None:
     study = optuna.create_study()
-    study.tell(study.ask(), state=PRUNED)
-    assert save_plots(study, tmp_path) == []
+    study.ask()
+    assert write_page(study, tmp_path / "study.html") is None
 
 
 def _trial(

@@ -1,4 +1,5 @@
-"""The end of a study: summary table, best config, Optuna's plots, all on the parent run."""
+"""The end of a study: summary table, best config, its story and its interactive plots, all on
+the parent run."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import os
 import shutil
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +19,11 @@ from mlflow.tracking import MlflowClient
 from study.compare import load_run
 from study.diagnosis import counts_line
 from study.errors import UserError
-from study.plots import DPI, plot_curves, pyplot
+from study.plots import plot_curves
 from study.secrets import redact
 from study.sweep.backends import best_trial
 from study.sweep.story import STORY_FIGURE, Story, tell_story
+from study.sweep.study_page import PAGE, write_page
 from study.tracking import (
     NOTE_TAG,
     artifact_url,
@@ -34,19 +34,12 @@ from study.tracking import (
 )
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 TRIAL_VALUE, BEST_VALUE = "trial_value", "best_value"  # on the parent, step = trial number
 CURVE_PREFIXES = ("train/", "val/")  # per-epoch curves: a trial's own, not the study's
 CURVES_ARTIFACT = "curves.png"
-OPTUNA_SIZE = (10, 6)  # inches at plots.DPI: 1000x600 px
 SWEEP_ONLY_KEYS = ("sweep.", "sweep=", "search", "hydra.sweep", "hydra/")
-PLOTS = {
-    "optimization_history": "plot_optimization_history",
-    "param_importances": "plot_param_importances",
-    "parallel_coordinate": "plot_parallel_coordinate",
-    "intermediate_values": "plot_intermediate_values",
-}
 
 
 def best_config_command(trial: optuna.trial.FrozenTrial) -> str:
@@ -71,51 +64,20 @@ def copy_best_config(trial: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path |
 
 
 def import_plotting_meanwhile() -> threading.Thread:
-    """Import what save_plots needs (Optuna's plots and importances, which bring in
-    scikit-learn: ~1 s) in a low-priority thread while the trials run, not at the study's end.
-    Join it before save_plots."""
+    """Import what the study's page needs (Optuna's plotly figures and importances, which bring
+    in scikit-learn: ~1 s) in a low-priority thread while the trials run, not at the study's
+    end. Join it before finish_parent_run."""
 
     def imports() -> None:
         with contextlib.suppress(OSError):  # Linux: niceness is per thread
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         import optuna.importance
-        import optuna.visualization.matplotlib  # noqa: F401
+        import optuna.visualization  # noqa: F401
+        import plotly.graph_objects  # noqa: F401
 
     thread = threading.Thread(target=imports, name="import-plotting", daemon=True)
     thread.start()
     return thread
-
-
-def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Figure]]:
-    """Optuna's matplotlib plots of `study` by name; a plot the study cannot support yet is
-    skipped, and none is drawn before a trial completes. The caller closes each figure."""
-    pyplot()  # the Agg backend, before Optuna's plotting imports pyplot
-    from optuna.visualization import matplotlib as optuna_plots
-
-    if best_trial(study) is None:
-        return
-    for name, function in PLOTS.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                axes = getattr(optuna_plots, function)(study)
-            except (ValueError, RuntimeError, ZeroDivisionError):
-                continue  # e.g. importances need two complete trials
-        yield name, (axes.flat[0].figure if hasattr(axes, "flat") else axes.figure)
-
-
-def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna's plots of `study` as PNGs in `folder`."""
-    plt = pyplot()
-    saved: list[Path] = []
-    for name, figure in optuna_figures(study):
-        folder.mkdir(parents=True, exist_ok=True)
-        figure.set_size_inches(*OPTUNA_SIZE)
-        path = folder / f"{name}.png"
-        figure.savefig(path, dpi=DPI, bbox_inches="tight")
-        plt.close(figure)
-        saved.append(path)
-    return saved
 
 
 def finish_parent_run(
@@ -164,8 +126,9 @@ def finish_parent_run(
     else:
         lines.append("no trial completed yet")
     log_metrics(client, run_id, metrics, tags)
-    for path in save_plots(study, sweep_dir / "plots"):
-        client.log_artifact(run_id, str(path), "plots")
+    page = write_page(study, sweep_dir / PAGE)
+    if page is not None:
+        client.log_artifact(run_id, str(page))
     return "\n".join(lines)
 
 
@@ -262,9 +225,12 @@ def parent_note(
             else ""
         )
         lines.append(f"**This run is a study.** Its trials: {counts_line(story.counts)}{figure}")
+    page = artifact_url(experiment_id, run_id, PAGE)
     lines += [
         f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each. "
-        "This run's metrics are its best trial's; Optuna's plots are in Artifacts/plots."
+        f"This run's metrics are its best trial's. [Interactive plots]({page}): the "
+        "optimization history with pruned trials, parallel coordinates, importances and "
+        "every trial's curve."
     ]
     return "\n\n".join(lines)
