@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from helpers import all_runs, tiny
 from study.diagnosis import PRUNED
 from study.errors import UserError
+from study.markers import BEST_EPOCH, CHART, RUNNING_BEST, STOPPED
 from study.prepare import prepare_data
 from study.run import RunOutcome, judge, run_one
-from study.markers import BEST_EPOCH, CHART, RUNNING_BEST, STOPPED
 from study.tracking import metric_chart_url
 
 ROOT = Path(__file__).resolve().parents[1]

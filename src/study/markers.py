@@ -4,7 +4,7 @@ MLflow's chart draws each metric of a run as a line through its (step, value) po
 run's colour. Two points at one step (0, then a value above the curves, in that order of time)
 draw a vertical line there: the best epoch and the epoch training stopped get one each. A running
 minimum of val/loss goes flat from the best epoch on. A marker's "latest value" means nothing in
-the runs table, so these series are left out of its columns (study.ui.RUNS_TABLE_COLUMNS).
+the runs table, so these series are left out of its columns (study.runs_table.OUTCOME_COLUMNS).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from study.errors import UserError
+from study.runs_table import DEFAULT_STATE, OUTCOME_COLUMNS, saved_states
 from study.secrets import redact
 from study.tracking import Store, runs_url
 
@@ -53,22 +54,17 @@ FORCED = {VIEW_STORAGE_KEY: TRAINING_VIEW}
 DEFAULTS = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
 
 
-# The runs table of an experiment shows these columns until the user picks others. MLflow keeps
-# the table's settings per experiment (its scope is the JSON list of experiment ids) in one
-# localStorage entry; its columns are `metrics.`name`` and `tags.`name``.
-RUNS_TABLE_COLUMNS = [
-    "metrics.`best_val_loss`",
-    "metrics.`best_epoch`",
-    "metrics.`stopped_epoch`",
-    "tags.`fit`",
-    "tags.`trial_state`",
-]
-RUNS_TABLE_STATE = {"selectedColumns": RUNS_TABLE_COLUMNS}
-RUNS_TABLE_KEY = r"^MLflowLocalStorage-[0-9.]+-ExperimentPage-.*-ReactComponentState$"
+RUNS_TABLE_COLUMNS = OUTCOME_COLUMNS
+RUNS_TABLE_STATE = DEFAULT_STATE
+# MLflow keeps each experiment's table settings in a localStorage entry whose scope is the JSON
+# list of the page's experiment ids.
+RUNS_TABLE_KEY = r"^MLflowLocalStorage-[0-9.]+-ExperimentPage-(.*)-ReactComponentState$"
 
 # Experiment ids are not known before the app runs, so the table's entry is not written: while
-# an experiment has none, reading it returns ours, and the user's first change writes theirs.
-_SEED_JS = """<script>(function (forced, defaults, tableKey, tableState) {
+# an experiment has none, reading it returns the experiment's stored settings (a study's: its
+# parameters, parent expanded, best trials pinned; study.runs_table) or ours, and the user's
+# first change writes theirs.
+_SEED_JS = """<script>(function (forced, defaults, tableKey, tableState, tables) {
   try {
     for (const [key, value] of Object.entries(forced)) localStorage.setItem(key, value);
     for (const [key, value] of Object.entries(defaults))
@@ -77,10 +73,16 @@ _SEED_JS = """<script>(function (forced, defaults, tableKey, tableState) {
     const table = new RegExp(tableKey);
     Storage.prototype.getItem = function (key) {
       const value = getItem.call(this, key);
-      return value === null && this === storage && table.test(key) ? tableState : value;
+      const match = value === null && this === storage ? table.exec(key) : null;
+      if (!match) return value;
+      try {
+        const ids = JSON.parse(match[1]);
+        if (ids.length === 1 && tables[ids[0]]) return tables[ids[0]];
+      } catch (e) {}
+      return tableState;
     };
   } catch (e) {}
-})(%s, %s, %s, %s)</script>"""
+})(%s, %s, %s, %s, %s)</script>"""
 
 
 def _script_json(value: Any) -> str:
@@ -92,15 +94,18 @@ def seed_script(
     forced: dict[str, Any],
     defaults: dict[str, Any],
     table_state: dict[str, Any] = RUNS_TABLE_STATE,
+    tables: dict[str, str] | None = None,
 ) -> bytes:
     """An inline <script> writing these localStorage entries before the app reads them, and
-    giving every experiment's runs table `table_state` until the user changes it."""
+    giving each experiment's runs table its settings in `tables` (JSON by experiment id), else
+    `table_state`, until the user changes it."""
 
     def stored(entries: dict[str, Any]) -> str:
         return _script_json({key: json.dumps(value) for key, value in entries.items()})
 
     arguments = (stored(forced), stored(defaults), _script_json(RUNS_TABLE_KEY))
-    return (_SEED_JS % (*arguments, _script_json(json.dumps(table_state)))).encode()
+    table = _script_json(json.dumps(table_state))
+    return (_SEED_JS % (*arguments, table, _script_json(tables or {}))).encode()
 
 
 SEED_SCRIPT = seed_script(FORCED, DEFAULTS)
@@ -113,23 +118,30 @@ _CONDITIONAL_HEADERS = {b"if-none-match", b"if-modified-since"}
 # --- the page that loads the app ------------------------------------------------------------
 
 
-def seed_training_view(page: bytes) -> bytes:
+def seed_training_view(page: bytes, script: bytes = SEED_SCRIPT) -> bytes:
     """The UI's index.html with the view mode set before the app's scripts run."""
     head = page.find(b"<head>")
     at = head + len(b"<head>") if head >= 0 else 0
-    return page[:at] + SEED_SCRIPT + page[at:]
+    return page[:at] + script + page[at:]
 
 
 class TrainingView:
-    """ASGI middleware: GET / (the page every UI URL loads) gets seed_training_view.
+    """ASGI middleware: GET / (the page every UI URL loads) gets seed_training_view, with the
+    experiments' stored table settings as they are at that load (`tables`).
 
     The request still goes through MLflow's app, so its host checks and security headers
     apply; only the body, its length and its cache headers change.
     """
 
-    def __init__(self, app: ASGIApp, page_path: str = "/") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        page_path: str = "/",
+        tables: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
         self.app = app
         self.page_path = page_path
+        self.tables = tables
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.page_path:
@@ -149,17 +161,26 @@ class TrainingView:
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            await _send_page(send, start, b"".join(chunks))
+            await _send_page(send, start, b"".join(chunks), self._script())
 
         await self.app({**scope, "headers": headers}, receive, send_seeded)
 
+    def _script(self) -> bytes:
+        if self.tables is None:
+            return SEED_SCRIPT
+        try:
+            tables = self.tables()
+        except Exception:  # the store is busy or gone: the page still opens, unseeded tables
+            tables = {}
+        return seed_script(FORCED, DEFAULTS, tables=tables)
 
-async def _send_page(send: Send, start: Message, body: bytes) -> None:
+
+async def _send_page(send: Send, start: Message, body: bytes, script: bytes) -> None:
     response_headers = [(k, v) for k, v in start["headers"] if k.lower() not in _CACHE_HEADERS]
     if start["status"] == 200 and (b"content-type", b"text/html; charset=utf-8") in [
         (k.lower(), v.lower()) for k, v in start["headers"]
     ]:
-        body = seed_training_view(body)
+        body = seed_training_view(body, script)
     response_headers += [
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-cache"),
@@ -276,7 +297,10 @@ def mlflow_app(store: Store, artifacts: str | None) -> ASGIApp:
 
     quiet()  # importing MLflow's server resets its loggers
     initialize_backend_stores(store.uri, store.uri, settings[ARTIFACT_ROOT_ENV_VAR])
-    return TrainingView(app)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store.uri)
+    return TrainingView(app, tables=lambda: saved_states(client))
 
 
 def run_server(app: ASGIApp, sock: socket.socket, on_start: Callable[[], None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -217,4 +218,8 @@ def test_the_parent_counts_its_trials_by_verdict_and_draws_the_clearest_side_by_
     assert STORY_FIGURE in {a.path for a in mlflow.list_artifacts(parent)}
     roles = {role: r.info.run_id for role, r in pick(trial_runs(mlflow, experiment_id, parent))}
     assert roles == {"best": best, "clearest underfit": barely, "clearest overfit": worst}
+    table = json.loads(mlflow.get_experiment(experiment_id).tags["study.runs_table"])
+    assert table["selectedColumns"][0] == "params.`x`"
+    assert table["runsPinned"] == [best]  # the only complete trial with a run
+    assert table["runsExpanded"] == {parent: True}
     assert pruned not in roles.values()

@@ -20,6 +20,7 @@ from study.compare import load_run
 from study.diagnosis import counts_line
 from study.errors import UserError
 from study.plots import plot_curves
+from study.runs_table import save_state, study_state
 from study.secrets import redact
 from study.sweep.backends import best_trial
 from study.sweep.story import STORY_FIGURE, Story, tell_story
@@ -126,10 +127,22 @@ def finish_parent_run(
     else:
         lines.append("no trial completed yet")
     log_metrics(client, run_id, metrics, tags)
+    save_state(client, experiment_id, table_of(study, run_id))
     page = write_page(study, sweep_dir / PAGE)
     if page is not None:
         client.log_artifact(run_id, str(page))
     return "\n".join(lines)
+
+
+def table_of(study: optuna.Study, parent_run_id: str) -> dict[str, object]:
+    """How the study's runs table opens: its searched parameters as columns, the parent
+    expanded, the best trials pinned (study.runs_table)."""
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    params = dict.fromkeys(name for trial in trials for name in trial.params)
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(trials, key=lambda t: t.value or 0.0, reverse=reverse)
+    best = [t.user_attrs["mlflow_run_id"] for t in ranked if t.user_attrs.get("mlflow_run_id")]
+    return study_state(params, parent_run_id, best)
 
 
 def optimization_history(study: optuna.Study) -> list[tuple[int, float, float]]:
