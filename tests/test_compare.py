@@ -75,6 +75,23 @@ def test_compare_nests_one_run_per_preset_under_a_finished_parent(compared: Comp
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
+def test_compare_lands_in_its_own_experiment_with_a_filled_parent(compared: Compared) -> None:
+    parent = compared.parent
+    assert compared.client.get_experiment(parent.info.experiment_id).name == "compare"
+    tags = parent.data.tags
+    assert tags["fit"] == "compare"
+    assert tags["fit.reason"] == "tiny: underfit, balanced: good, wide: overfit"
+    assert {tags[f"verdict.{name}"] for name in ("tiny", "balanced", "wide")} == {
+        "underfit",
+        "good",
+        "overfit",
+    }
+    note = tags["mlflow.note.content"]
+    assert f"runs/{parent.info.run_id}/artifactPath/compare.png)" in note
+    for child in compared.children:
+        assert f"runs/{child.info.run_id}): **{child.data.tags['fit']}**" in note
+
+
 @pytest.mark.slow
 def test_compare_verdicts_differ(compared: Compared) -> None:
     verdicts = {r.info.run_name: r.data.tags["fit"] for r in compared.children}
