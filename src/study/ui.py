@@ -62,7 +62,7 @@ RUNS_TABLE_KEY = r"^MLflowLocalStorage-[0-9.]+-ExperimentPage-(.*)-ReactComponen
 
 # Experiment ids are not known before the app runs, so the table's entry is not written: while
 # an experiment has none, reading it returns the experiment's stored settings (a study's: its
-# parameters, parent expanded, best trials pinned; study.runs_table) or ours, and the user's
+# parameters, its parent expanded; study.runs_table) or ours, and the user's
 # first change writes theirs.
 _SEED_JS = """<script>(function (forced, defaults, tableKey, tableState, tables) {
   try {

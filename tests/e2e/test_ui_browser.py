@@ -365,7 +365,7 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
     print(f"screenshots: {shots}")
 
 
-# --- the study's story: markers, columns, pinned and sorted trials, figure, interactive page --
+# --- the study's story: markers, columns, the sorted table, the figure, the interactive page
 
 
 def _row(page, index: int):  # type: ignore[no-untyped-def]
@@ -393,10 +393,6 @@ def test_a_trial_shows_where_it_should_have_stopped_and_the_study_its_story(
     assert experiment is not None
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     parent, trial = f"study {STUDY}", run_name(0, TRIALS)
-    best = min(
-        (r for name, r in runs.items() if name != parent and "best_val_loss" in r.data.metrics),
-        key=lambda r: r.data.metrics["best_val_loss"],
-    )
     with ui(store) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 900})
@@ -408,8 +404,7 @@ def test_a_trial_shows_where_it_should_have_stopped_and_the_study_its_story(
         for column in ("optimizer.lr", "data.batch_size", "model.dropout"):
             cell = _cell(page, trial, f"params.`{column}`")
             assert cell.inner_text() == runs[trial].data.params[column], column
-        # The best trial pinned on top: its row comes before every other run's.
-        assert _row(page, 0).inner_text() == best.info.run_name
+        assert _row(page, 0).inner_text() == parent  # and its trials under it, unclicked
 
         # A trial's chart: its curves and the markers of its best epoch and its stop.
         page.get_by_role("link", name=trial, exact=True).click()
@@ -424,9 +419,13 @@ def test_a_trial_shows_where_it_should_have_stopped_and_the_study_its_story(
         page.go_back()
         page.get_by_role("link", name=parent, exact=True).click()
         page.get_by_text("This run is a study.").wait_for()
+        more = page.get_by_text("Show more", exact=True)
+        if more.count():  # the description's folded lines
+            more.first.click()
         _shot(page, shots, "study-description")
         figure = _open_link(page, "the best, clearest underfit and overfit trials side by side")
-        figure.locator("img[src*='study.png']").first.wait_for()
+        figure.get_by_text("study.png", exact=True).last.wait_for()  # the viewer's heading
+        figure.locator("img[src^='blob:']").first.wait_for()  # the figure, fetched and shown
         _shot(figure, shots, "study-figure")
         figure.close()
 
@@ -448,7 +447,7 @@ def test_a_trial_shows_where_it_should_have_stopped_and_the_study_its_story(
         frame = plots.frame_locator("iframe").first
         frame.locator(".plotly-graph-div").nth(3).wait_for()
         assert frame.locator(".plotly-graph-div").count() == 4
-        frame.get_by_text("pruned (its value when stopped)").first.wait_for()
+        frame.get_by_text("Optimization history").first.wait_for()
         _shot(plots, shots, "study-interactive-plots")
         browser.close()
     print(f"screenshots: {shots}")
@@ -495,11 +494,8 @@ def _big_study(uri: str, n_trials: int) -> str:
         client.set_terminated(run_id)
     client.set_terminated(parent)
     best = sorted(values, key=values.__getitem__)
-    save_state(
-        client,
-        experiment_id,
-        study_state(["optimizer.lr", "data.batch_size", "model.dropout"], parent, best),
-    )
+    params = ["optimizer.lr", "data.batch_size", "model.dropout"]
+    save_state(client, experiment_id, study_state(params, parent))
     return best[0]
 
 

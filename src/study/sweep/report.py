@@ -136,13 +136,9 @@ def finish_parent_run(
 
 def table_of(study: optuna.Study, parent_run_id: str) -> dict[str, object]:
     """How the study's runs table opens: its searched parameters as columns, the parent
-    expanded, the best trials pinned (study.runs_table)."""
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    params = dict.fromkeys(name for trial in trials for name in trial.params)
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(trials, key=lambda t: t.value or 0.0, reverse=reverse)
-    best = [t.user_attrs["mlflow_run_id"] for t in ranked if t.user_attrs.get("mlflow_run_id")]
-    return study_state(params, parent_run_id, best)
+    expanded (study.runs_table)."""
+    trials = study.get_trials(deepcopy=False)
+    return study_state(dict.fromkeys(name for t in trials for name in t.params), parent_run_id)
 
 
 def optimization_history(study: optuna.Study) -> list[tuple[int, float, float]]:
@@ -221,8 +217,13 @@ def parent_note(
     and links to its best trial, its trials best first and its story figure."""
     experiment_id = client.get_run(run_id).info.experiment_id
     history = metric_chart_url(experiment_id, run_id, (TRIAL_VALUE, BEST_VALUE))
+    page = artifact_url(experiment_id, run_id, PAGE)
     # Links first: the run page shows the first lines and folds the rest.
-    lines = [f"[Optimization history]({history}): each trial's value and the best so far"]
+    lines = [
+        f"[Interactive plots]({page}) (history with pruned trials, parallel coordinates, "
+        f"importances, every trial's curve) · [Optimization history]({history}): each "
+        "trial's value and the best so far"
+    ]
     if best is not None:
         best_run_id = best.user_attrs.get("mlflow_run_id", "")
         lines[0] += (
@@ -238,12 +239,9 @@ def parent_note(
             else ""
         )
         lines.append(f"**This run is a study.** Its trials: {counts_line(story.counts)}{figure}")
-    page = artifact_url(experiment_id, run_id, PAGE)
     lines += [
         f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each. "
-        f"This run's metrics are its best trial's. [Interactive plots]({page}): the "
-        "optimization history with pruned trials, parallel coordinates, importances and "
-        "every trial's curve."
+        "This run's metrics are its best trial's."
     ]
     return "\n\n".join(lines)
