@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -107,6 +108,8 @@ class CurvesWriter:
 def serve(tracking_uri: str, lines: Iterable[str]) -> int:
     """Draw and log each job read from `lines`; a figure that fails is reported, not fatal."""
     os.nice(_NICENESS)
+    # Ctrl-C reaches the whole process group: the worker decides (abort) whether we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow.tracking import MlflowClient
 
     from study.plots import plot_curves
