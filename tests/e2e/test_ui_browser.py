@@ -253,8 +253,7 @@ def test_every_page_a_click_reaches_stays_in_the_model_training_view(
 
         page.go_back()
         run_links.first.wait_for()
-        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-        run_links.nth(TRIALS).wait_for()  # the parent and its trials
+        run_links.nth(TRIALS).wait_for()  # the parent opens expanded: its trials under it
         for trial in (1, 2):
             run_links.nth(trial).locator("xpath=ancestor::*[@role='row']").locator(
                 "input.ag-checkbox-input"
@@ -336,8 +335,7 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
         assert link.startswith(f"http://{this_machine()}:"), link  # not 0.0.0.0
         page.goto(link)  # as printed: what a colleague's browser opens
         assert _search_runs_from(link, "http://elsewhere.example") == 403  # others' scripts
-        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-        page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
+        page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()  # expanded
         assert_training_view(page, "runs-table", shots)
         for name, run in runs.items():  # no column picked: the table shows them as it opens
             best = _cell(page, name, "metrics.`best_val_loss`").inner_text()
