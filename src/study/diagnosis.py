@@ -171,11 +171,7 @@ def diagnose(
     # Train/loss kept falling beyond its own epoch-to-epoch scatter: with small batches and a
     # high learning rate both curves wobble while the model learns nothing more, not overfits.
     train_fall = s_train[s_best] - s_train[last]
-    if (
-        rise >= t.overfit_rise
-        and train_fall > 0
-        and train_fall > 2 * _noise(train, s_train, s_best)
-    ):
+    if rise >= t.overfit_rise and train_fall > 2 * _noise(train, s_train, s_best):
         return result(
             OVERFIT,
             f"val/loss{smoothed} ended {rise:.0%} above its minimum at epoch {s_best + 1} "
