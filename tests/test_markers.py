@@ -26,13 +26,8 @@ def test_the_last_epoch_trained_is_a_vertical_line_too() -> None:
     assert series(STOPPED) == [(4, 0.0, 1000), (4, 0.99, 1001)]
 
 
-def test_the_running_minimum_goes_flat_from_the_best_epoch() -> None:
-    assert [(step, value) for step, value, _ in series(RUNNING_BEST)] == [
-        (1, 0.8),
-        (2, 0.5),
-        (3, 0.5),
-        (4, 0.5),
-    ]
+def test_the_best_value_is_a_flat_line_from_the_best_epoch_to_the_stop() -> None:
+    assert [(step, value) for step, value, _ in series(RUNNING_BEST)] == [(2, 0.5), (4, 0.5)]
 
 
 def test_only_the_marker_series_are_made() -> None:
@@ -47,4 +42,4 @@ def test_a_run_without_a_finite_val_loss_has_no_markers() -> None:
 def test_a_diverged_epoch_does_not_stop_the_markers() -> None:
     history = [*HISTORY, {"epoch": 5.0, "train/loss": math.inf, "val/loss": math.nan}]
     assert [step for step, _, _ in series(STOPPED, history)] == [5, 5]
-    assert [step for step, _, _ in series(RUNNING_BEST, history)] == [1, 2, 3, 4, 5]
+    assert [step for step, _, _ in series(RUNNING_BEST, history)] == [2, 5]

@@ -130,11 +130,9 @@ def test_the_markers_are_logged_at_the_best_and_the_last_epoch(tracked: Tracked)
     assert [step for step, _ in stopped] == [result.stopped_epoch] * 2
     assert sorted(value for _, value in best)[0] == 0.0
     assert max(value for _, value in best) > max(m.value for m in tracked.curve("train/loss"))
-    running = [m.value for m in tracked.curve(RUNNING_BEST)]
-    assert running[-1] == pytest.approx(result.best_val_loss)
-    assert running[result.best_epoch - 1 :] == [running[-1]] * len(
-        running[result.best_epoch - 1 :]
-    )
+    flat = [(m.step, m.value) for m in tracked.curve(RUNNING_BEST)]
+    assert [step for step, _ in flat] == [result.best_epoch, result.stopped_epoch]
+    assert all(value == pytest.approx(result.best_val_loss) for _, value in flat)
 
 
 @pytest.mark.parametrize(

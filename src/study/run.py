@@ -205,8 +205,8 @@ def run_note(run: RunOutcome, figure: str | None = None) -> str:
         f"marked]({chart})\n\n{diagnosis.reason}\n\n"
         f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}), "
         f"training stopped at epoch {result.stopped_epoch}: on the chart, the vertical lines "
-        f"marker/best_epoch and marker/stopped, and marker/best_val_loss (the lowest val/loss "
-        f"so far) goes flat from the best epoch{drawn}."
+        f"marker/best_epoch and marker/stopped, and marker/best_val_loss, a flat line at the "
+        f"best val/loss from the best epoch on{drawn}."
     )
 
 
