@@ -27,7 +27,7 @@ URI_ENV = (
     "STUDY_CURVES_TRACKING_URI"  # the store, passed in the environment: it may hold a password
 )
 _KEYS = ("epoch", "train/loss", "val/loss")  # what the figure draws
-_NICENESS = 10  # the helper draws when the trainers leave a core idle
+_NICENESS = 19  # the lowest priority: the helper draws when the trainers leave a core idle
 
 
 @dataclass(frozen=True)
