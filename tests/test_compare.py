@@ -75,6 +75,23 @@ def test_compare_nests_one_run_per_preset_under_a_finished_parent(compared: Comp
     assert {r.info.status for r in children} == {"FINISHED"}
 
 
+def test_compare_lands_in_its_own_experiment_with_a_filled_parent(compared: Compared) -> None:
+    parent = compared.parent
+    assert compared.client.get_experiment(parent.info.experiment_id).name == "compare"
+    tags = parent.data.tags
+    assert tags["fit"] == "compare"
+    assert tags["fit.reason"] == "tiny: underfit, balanced: good, wide: overfit"
+    assert {tags[f"verdict.{name}"] for name in ("tiny", "balanced", "wide")} == {
+        "underfit",
+        "good",
+        "overfit",
+    }
+    note = tags["mlflow.note.content"]
+    assert f"runs/{parent.info.run_id}/artifactPath/compare.png)" in note
+    for child in compared.children:
+        assert f"runs/{child.info.run_id}): **{child.data.tags['fit']}**" in note
+
+
 @pytest.mark.slow
 def test_compare_verdicts_differ(compared: Compared) -> None:
     verdicts = {r.info.run_name: r.data.tags["fit"] for r in compared.children}
@@ -298,3 +315,27 @@ def test_known_presets_get_a_parent_run(
     finally:
         atexit.unregister(callback._close_unfinished)
         callback._close_unfinished()
+
+
+def test_a_pruned_trial_is_compared_as_pruned_not_judged_from_its_cut_curve(
+    mlflow_client: MlflowClient, tracking_uri: str
+) -> None:
+    from mlflow.entities import Metric
+
+    from study.compare import load_run
+
+    experiment = mlflow_client.create_experiment("e")
+    run_id = mlflow_client.create_run(experiment, tags={"fit": "pruned"}).info.run_id
+    # Cut after three epochs while still falling steeply: its curve alone reads underfit.
+    curve = [(0.9, 0.9), (0.8, 0.8), (0.7, 0.7)]
+    mlflow_client.log_batch(
+        run_id,
+        metrics=[
+            Metric(key, value, 0, epoch)
+            for epoch, pair in enumerate(curve, start=1)
+            for key, value in zip(("train/loss", "val/loss"), pair, strict=True)
+        ],
+    )
+    compared = load_run(mlflow_client, run_id, tracking_uri)
+    assert compared.diagnosis.verdict == "pruned"
+    assert "the pruner stopped it at epoch 3" in compared.diagnosis.reason

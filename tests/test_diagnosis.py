@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -14,15 +15,21 @@ from study.diagnosis import (
     DIVERGED,
     GOOD,
     OVERFIT,
+    PRUNED,
     UNDERFIT,
     Thresholds,
+    counts_line,
     diagnose,
     diagnose_history,
+    smooth,
+    verdict_counts,
 )
 from study.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-T = Thresholds()  # underfit_level 0.8, still_falling 0.01, window 10, overfit_rise 0.25, ...
+# The defaults (underfit_level 0.8, still_falling 0.01, window 10, overfit_rise 0.25, ...) on
+# the raw curves: each rule is checked exactly at its threshold; smoothing has its own tests.
+T = Thresholds(smoothing=1)
 
 
 def flat(value: float, n: int) -> list[float]:
@@ -58,7 +65,7 @@ def test_val_rise_just_below_the_threshold_is_good() -> None:
 def test_val_rise_with_train_rising_too_is_not_overfit() -> None:
     d = diagnose([0.6, 0.4, 0.5, 0.45], [0.7, 0.5, 0.6, 0.7], T, baseline=1.0)
     assert d.verdict == GOOD
-    assert "train/loss rose too" in d.reason
+    assert "train/loss did not keep falling" in d.reason
 
 
 def test_overfit_rise_is_a_setting() -> None:
@@ -220,6 +227,8 @@ def test_curves_must_be_non_empty_and_equally_long() -> None:
     [
         ("diagnosis.window=0", "diagnosis.window"),
         ("diagnosis.window=2.5", "diagnosis.window"),
+        ("diagnosis.smoothing=0", "diagnosis.smoothing"),
+        ("diagnosis.smoothing=1.5", "diagnosis.smoothing"),
         ("diagnosis.overfit_rise=-0.1", "diagnosis.overfit_rise"),
         ("diagnosis.underfit_level=nan", "diagnosis.underfit_level"),
         ("diagnosis.diverge_level=1", "diagnosis.diverge_level"),
@@ -236,3 +245,102 @@ def test_validate_names_a_bad_threshold(
 
 def test_a_config_without_a_diagnosis_section_uses_the_defaults() -> None:
     assert Thresholds.from_config(None) == Thresholds()
+
+
+# --- smoothing: one noisy epoch decides nothing ---------------------------------------------
+
+
+def test_smooth_is_a_centered_moving_median_that_drops_a_lone_spike() -> None:
+    assert smooth([1.0, 1.0, 9.0, 1.0, 1.0], 3) == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert smooth([1.0, 2.0, 3.0, 4.0], 1) == [1.0, 2.0, 3.0, 4.0]
+    assert smooth([4.0, 3.0, 2.0, 1.0, 0.0], 5) == [3.0, 2.5, 2.0, 1.5, 1.0]
+
+
+def test_one_noisy_last_epoch_is_not_overfit() -> None:
+    train = [1.0 - 0.05 * i for i in range(15)]
+    val = [*(0.6 - 0.02 * i for i in range(14)), 0.6]  # bottomed out at 0.34, one spike
+    assert diagnose(train, val, T, baseline=1.0).verdict == OVERFIT  # raw: fooled
+    assert diagnose(train, val, Thresholds(), baseline=1.0).verdict == GOOD
+
+
+def test_a_sustained_rise_is_overfit_when_smoothed() -> None:
+    train = [1.0 - 0.05 * i for i in range(15)]
+    val = [*(0.6 - 0.05 * i for i in range(8)), *(0.25 + 0.04 * i for i in range(1, 8))]
+    d = diagnose(train, val, Thresholds(), baseline=1.0)
+    assert d.verdict == OVERFIT
+    assert "(median of 5 epochs)" in d.reason
+
+
+def test_val_rising_while_train_only_wobbles_is_not_overfit() -> None:
+    # Small batches, a high learning rate: train/loss scatters around a level, val/loss too.
+    train = [0.5, 0.3, *([0.2, 0.16, 0.22, 0.17, 0.19] * 3)]
+    val = [0.5, 0.2, 0.15, 0.16, 0.14, *([0.2, 0.22, 0.19, 0.23] * 3)][: len(train)]
+    assert diagnose(train, val, Thresholds(), baseline=1.0).verdict == GOOD
+
+
+def test_a_long_run_whose_val_loss_never_bends_is_underfit() -> None:
+    # 0.1% of the baseline an epoch: too slow for the still-falling rate, but no bend at all.
+    train = [1.0 - 0.001 * i for i in range(300)]
+    val = [0.9 - 0.001 * i for i in range(300)]
+    d = diagnose(train, val, Thresholds(), baseline=1.0)
+    assert d.verdict == UNDERFIT
+    assert "as steeply over the last 10 epochs as on average" in d.reason
+
+
+def test_a_long_run_that_bent_is_good() -> None:
+    train = [0.2 + 0.8 * math.exp(-i / 10) for i in range(300)]
+    val = [0.3 + 0.6 * math.exp(-i / 10) for i in range(300)]
+    assert diagnose(train, val, Thresholds(), baseline=1.0).verdict == GOOD
+
+
+# --- the labelled runs: real trainings recorded by tools/record_curves.py --------------------
+
+LABELLED = json.loads((ROOT / "tests" / "data" / "labelled_curves.json").read_text())
+
+
+def _judged(kind: str) -> list[tuple[str, str, str]]:
+    return [
+        (
+            case["name"],
+            case["label"],
+            diagnose_history(case["history"], None, case["baseline"]).verdict,
+        )
+        for case in LABELLED
+        if case["kind"] == kind
+    ]
+
+
+def test_the_labelled_set_holds_every_verdict_and_noisy_good_runs() -> None:
+    clear = {label for _, label, _ in _judged("clear")}
+    assert clear == {UNDERFIT, GOOD, OVERFIT, DIVERGED}
+    assert sum(label == GOOD for _, label, _ in _judged("noisy")) >= 4
+
+
+def test_every_clear_labelled_run_gets_its_label() -> None:
+    wrong = [(name, label, got) for name, label, got in _judged("clear") if got != label]
+    assert not wrong, f"{len(wrong)} of {len(_judged('clear'))} clear runs misjudged: {wrong}"
+
+
+def test_no_noisy_good_run_is_called_overfit() -> None:
+    judged = _judged("noisy")
+    overfit = [name for name, label, got in judged if label == GOOD and got == OVERFIT]
+    assert not overfit
+
+
+def test_the_raw_rules_misjudged_the_noisy_runs_the_smoothed_ones_get_right() -> None:
+    # What smoothing buys, on the same recordings: without it, noisy good runs read overfit.
+    raw = [
+        diagnose_history(case["history"], T, case["baseline"]).verdict
+        for case in LABELLED
+        if case["kind"] == "noisy" and case["label"] == GOOD
+    ]
+    assert raw.count(OVERFIT) >= 2
+
+
+# --- a study's trials counted by verdict ------------------------------------------------------
+
+
+def test_verdict_counts_list_every_verdict_in_one_order() -> None:
+    counts = verdict_counts([GOOD, PRUNED, GOOD, OVERFIT])
+    assert counts == {GOOD: 2, UNDERFIT: 0, OVERFIT: 1, DIVERGED: 0, PRUNED: 1}
+    assert counts_line(counts) == "2 good, 0 underfit, 1 overfit, 0 diverged, 1 pruned"

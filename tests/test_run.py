@@ -22,6 +22,7 @@ from helpers import all_runs, tiny
 from study.data import prepare_data
 from study.diagnosis import PRUNED
 from study.errors import UserError
+from study.markers import BEST_EPOCH, CHART, RUNNING_BEST, STOPPED
 from study.run import RunOutcome, label_pruned, run_one
 from study.tracking import metric_chart_url
 
@@ -116,10 +117,22 @@ def test_the_description_says_the_verdict_why_and_links_both_curves_on_one_chart
     assert tags["fit.reason"] in note
     assert f"Best epoch {result.best_epoch} " in note
     assert f"stopped at epoch {result.stopped_epoch}" in note
-    chart = metric_chart_url(
-        tracked.outcome.experiment_id, tracked.outcome.run_id, ("train/loss", "val/loss")
-    )
+    chart = metric_chart_url(tracked.outcome.experiment_id, tracked.outcome.run_id, CHART)
     assert f"]({chart})" in note
+    assert "drawn in curves.png (Artifacts)" in note  # a single run has it
+
+
+def test_the_markers_are_logged_at_the_best_and_the_last_epoch(tracked: Tracked) -> None:
+    result = tracked.outcome.result
+    best = [(m.step, m.value) for m in tracked.curve(BEST_EPOCH)]
+    stopped = [(m.step, m.value) for m in tracked.curve(STOPPED)]
+    assert [step for step, _ in best] == [result.best_epoch] * 2
+    assert [step for step, _ in stopped] == [result.stopped_epoch] * 2
+    assert sorted(value for _, value in best)[0] == 0.0
+    assert max(value for _, value in best) > max(m.value for m in tracked.curve("train/loss"))
+    flat = [(m.step, m.value) for m in tracked.curve(RUNNING_BEST)]
+    assert [step for step, _ in flat] == [result.best_epoch, result.stopped_epoch]
+    assert all(value == pytest.approx(result.best_val_loss) for _, value in flat)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 import torch
 from harness import Sweep, fastest, interleaved, lecture_cfg, trial_span
+from mlflow.entities import Metric
 from omegaconf import DictConfig
 
 from study.data import Batches, PreparedData, prepare_data
@@ -197,9 +198,10 @@ class TimedRunLog(RunLog):
         values: Mapping[str, float],
         tags: Mapping[str, str],
         history: Sequence[Mapping[str, float]] = (),
+        series: Sequence[Metric] = (),
     ) -> None:
         start = time.perf_counter()
-        super().finish(values, tags, history)
+        super().finish(values, tags, history, series)
         self.seconds += time.perf_counter() - start
 
 

@@ -27,11 +27,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from study.diagnosis import CURVES, Diagnosis, Thresholds, diagnose_history
+from study.diagnosis import CURVES, PRUNED, Diagnosis, Thresholds, diagnose_history, pruned
 from study.errors import UserError
 from study.plots import Panel, plot_comparison
 from study.secrets import redact
-from study.tracking import CONFIG_ARTIFACT, PARENT_RUN_ENV, Store, find_run
+from study.tracking import (
+    CONFIG_ARTIFACT,
+    NOTE_TAG,
+    PARENT_RUN_ENV,
+    Store,
+    artifact_url,
+    find_run,
+    set_tags,
+)
 
 FIGURE = "compare.png"
 TABLE = "compare.txt"
@@ -65,6 +73,8 @@ def load_run(client: MlflowClient, run_id: str, store_uri: str) -> ComparedRun:
     thresholds = logged_thresholds(client, run)
     baseline = run.data.metrics.get("baseline_loss")
     diagnosis = diagnose_history(history, thresholds, baseline)
+    if run.data.tags.get("fit") == PRUNED:  # its pruner cut the curve: it is not judged
+        diagnosis = pruned(diagnosis, int(epochs[-1]))
     return ComparedRun(run_id, name, history, diagnosis, baseline)
 
 
@@ -117,6 +127,24 @@ def table(runs: Sequence[ComparedRun]) -> str:
             f"{_number(d.best_val_loss):>13}  {_number(d.gap_final):>9}  {run.run_id}"
         )
     return "\n".join(lines)
+
+
+def parent_tags(runs: Sequence[ComparedRun], experiment_id: str, parent: str) -> dict[str, str]:
+    """The compare parent's verdict columns and description: each run's verdict, why, and a
+    link to the figure of all of them side by side."""
+    verdicts = ", ".join(f"{run.name}: {run.diagnosis.verdict}" for run in runs)
+    figure = artifact_url(experiment_id, parent, FIGURE)
+    lines = [
+        f"**{len(runs)} runs compared**: {verdicts} · [their curves side by side, best epochs "
+        f"marked]({figure})",
+        *(
+            f"- [{run.name}](#/experiments/{experiment_id}/runs/{run.run_id}): "
+            f"**{run.diagnosis.verdict}**, {run.diagnosis.reason}"
+            for run in runs
+        ),
+    ]
+    tags = {f"verdict.{run.name}": run.diagnosis.verdict for run in runs}
+    return {"fit": "compare", "fit.reason": verdicts, NOTE_TAG: "\n".join(lines), **tags}
 
 
 def _number(value: float) -> str:
@@ -224,6 +252,8 @@ class CompareCallback(Callback):
         summary = table(runs)
         client.log_artifact(parent, str(figure))
         client.log_text(parent, summary + "\n", TABLE)
+        experiment_id = client.get_run(parent).info.experiment_id
+        set_tags(client, parent, parent_tags(runs, experiment_id, parent))
         client.set_terminated(parent, "FINISHED")
         print(f"\ncompare run {parent}: {figure}\n{summary}")
 

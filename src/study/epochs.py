@@ -132,7 +132,7 @@ class FitResult:
         return self.stop_reason not in (None, MAX_EPOCHS)
 
     @property
-    def best(self) -> dict[str, float]:
+    def best(self) -> Mapping[str, float]:
         """The epoch of minimum validation loss: where early stopping should stop."""
         return best_row(self.history)
 

@@ -86,7 +86,7 @@ def plot_comparison(panels: Sequence[Panel], path: Path) -> Path:
         squeeze=False,
     )
     for axes, panel in zip(grid.flat, panels, strict=False):
-        _draw(axes, panel)
+        _draw(axes, panel, wrap=50)  # a note per panel, under its own axes
     for axes in list(grid.flat)[len(panels) :]:
         axes.set_visible(False)
     top = _shared_top(panels)
@@ -112,7 +112,7 @@ def _save(plt: Any, figure: Any, path: Path) -> Path:
     return path
 
 
-def _draw(axes: Any, panel: Panel) -> None:
+def _draw(axes: Any, panel: Panel, wrap: int = 90) -> None:
     history = panel.history
     epochs = [row["epoch"] for row in history]
     colour = VERDICT_COLOURS.get(panel.verdict, "tab:gray")
@@ -143,7 +143,7 @@ def _draw(axes: Any, panel: Panel) -> None:
     # y given: matplotlib then skips measuring the top ticks to place the title (~2 ms).
     axes.set_title(title, color=colour if panel.verdict else "black", y=1.0)
     # The note goes in the x label: tight_layout makes room for labels, not for free text.
-    note = "\n" + textwrap.fill(panel.note, 90) if panel.note else ""
+    note = "\n" + textwrap.fill(panel.note, wrap) if panel.note else ""
     axes.set_xlabel(f"epoch{note}", fontsize="small")
     axes.set_ylabel("loss")
     axes.legend(fontsize="small")

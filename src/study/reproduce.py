@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import check_stored_config, validate
 from study.diagnosis import CURVES  # compared epoch by epoch, not only at the end
 from study.errors import UserError
+from study.markers import MARKERS
 from study.paths import TrackingChoice, choose_tracking_uri, script_command, store_option
 from study.run import CONFIG_ARTIFACT, run_one
 from study.tracking import RUN_STORE_HINT, Store, find_run
@@ -106,7 +107,8 @@ def compare(client: MlflowClient, original_id: str, reproduced_id: str) -> tuple
     """A side-by-side table of the final metrics and whole curves, and whether all match."""
     original = client.get_run(original_id).data.metrics
     reproduced = client.get_run(reproduced_id).data.metrics
-    names = sorted(set(original) & set(reproduced))
+    # Markers (study.markers) follow from the curves: comparing those is enough.
+    names = sorted(name for name in set(original) & set(reproduced) if name not in MARKERS)
     rows = [f"{'metric':<22}{'original':>14}{'reproduced':>14}  same"]
     identical = bool(names)
     for name in names:

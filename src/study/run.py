@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import resolved_config
 from study.data import PreparedData, prepare_data
-from study.diagnosis import CURVES, pruned
+from study.diagnosis import pruned
 from study.epochs import PRUNED, EpochReport, FitResult
+from study.markers import CHART, marker_series
 from study.packed import fit_packed, is_packed
 from study.paths import PROJECT_ROOT
 from study.plots import plot_curves
@@ -37,6 +38,7 @@ from study.tracking import (
 )
 
 OVERRIDES_ARTIFACT = "overrides.yaml"
+CURVES_FIGURE = "curves.png"
 
 
 @dataclass
@@ -154,8 +156,10 @@ class OpenRun(contextlib.AbstractContextManager["OpenRun"]):
         self, result: FitResult, outcome: Mapping[str, str], *, curves: bool = True
     ) -> RunOutcome:
         """Record `result` and end the run FINISHED: its verdict (a pruned trial labelled so),
-        its curves figure (`curves`), its artifacts, then its last epochs, final metrics and
-        tags in one write: last, so that a run whose artifacts failed carries no outcome."""
+        its curves figure (`curves`; a packed trial's is drawn off its pack's path), its
+        artifacts, then its last epochs, final metrics, the markers of its early-stopping point
+        and its tags in one write: last, so that a run whose artifacts failed carries no
+        outcome."""
         run = RunOutcome(self.run_id, self.place.experiment_id, result)
         try:
             label_pruned(result, outcome)
@@ -165,8 +169,9 @@ class OpenRun(contextlib.AbstractContextManager["OpenRun"]):
             self._log_artifacts(result, figures)
             self.log.finish(
                 result.summary(),
-                tags={**result_tags(run), **outcome},
+                tags={**result_tags(run, CURVES_FIGURE if curves else None), **outcome},
                 history=result.history,
+                series=marker_series(result.history),
             )
         except BaseException as error:
             self.abort(error)
@@ -250,7 +255,7 @@ def plot_run(cfg: DictConfig, result: FitResult, output_dir: Path, run_name: str
     """curves.png: the run's curves, titled with its verdict."""
     return plot_curves(
         result.history,
-        output_dir / "curves.png",
+        output_dir / CURVES_FIGURE,
         title=run_name or f"{cfg.model._target_.rsplit('.', 1)[-1]}",
         verdict=result.diagnosis.verdict,
         note=result.diagnosis.reason,
@@ -264,7 +269,7 @@ def label_pruned(result: FitResult, outcome: Mapping[str, str]) -> None:
         result.diagnosis = pruned(result.diagnosis, result.stopped_epoch)
 
 
-def result_tags(run: RunOutcome) -> dict[str, str]:
+def result_tags(run: RunOutcome, figure: str | None) -> dict[str, str]:
     """What a run's result says as tags: its data, device, verdict and description."""
     result = run.result
     return {
@@ -272,19 +277,23 @@ def result_tags(run: RunOutcome) -> dict[str, str]:
         "device": result.device,
         "fit": result.diagnosis.verdict,
         "fit.reason": result.diagnosis.reason,
-        NOTE_TAG: run_note(run),
+        NOTE_TAG: run_note(run, figure),
     }
 
 
-def run_note(run: RunOutcome) -> str:
+def run_note(run: RunOutcome, figure: str | None = None) -> str:
     """The run's description (markdown, shown on its page): its verdict and why, where the
-    best epoch was and where training stopped, and a link to its curves on one chart."""
+    best epoch was and where training stopped, marked on one chart of its curves, and the
+    marked `figure` among its artifacts, if it has one."""
     result, diagnosis = run.result, run.result.diagnosis
+    chart = metric_chart_url(run.experiment_id, run.run_id, CHART)
+    drawn = f"; drawn in {figure} (Artifacts)" if figure else ""
     # The link comes first: the run page shows the first lines and folds the rest.
     return (
-        f"**fit: {diagnosis.verdict}** · [train/loss and val/loss on one chart]"
-        f"({metric_chart_url(run.experiment_id, run.run_id, CURVES)})\n\n{diagnosis.reason}\n\n"
+        f"**fit: {diagnosis.verdict}** · [train/loss and val/loss on one chart, best epoch "
+        f"marked]({chart})\n\n{diagnosis.reason}\n\n"
         f"Best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4g}), "
-        f"training stopped at epoch {result.stopped_epoch}: both marked in curves.png "
-        "(Artifacts)."
+        f"training stopped at epoch {result.stopped_epoch}: on the chart, the vertical lines "
+        f"marker/best_epoch and marker/stopped, and marker/best_val_loss, a flat line at the "
+        f"best val/loss from the best epoch on{drawn}."
     )

@@ -68,11 +68,12 @@ class RunLog(contextlib.AbstractContextManager["RunLog"]):
         values: Mapping[str, float],
         tags: Mapping[str, str],
         history: Sequence[Mapping[str, float]] = (),
+        series: Sequence[Metric] = (),
     ) -> None:
-        """The curve's epochs not sent yet, the run's final metrics (step 0) and its tags: one
-        write."""
+        """The curve's epochs not sent yet, the run's final metrics (step 0), further `series`
+        (its markers) and its tags: one write."""
         self.buffer(history)
-        self._pending += final_metrics(values)
+        self._pending += [*final_metrics(values), *series]
         self.flush(redacted_tags(tags))
 
     def flush(self, tags: list[RunTag] | None = None) -> None:

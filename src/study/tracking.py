@@ -307,6 +307,21 @@ def runs_url(host: str, experiment_id: str) -> str:
     return f"{host.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def sorted_runs_url(experiment_id: str, metric: str, ascending: bool = True) -> str:
+    """A link inside the UI to an experiment's runs table sorted by `metric` (best first for a
+    loss): the table reads its sort from the URL (`orderByKey`, `orderByAsc`)."""
+    key = quote(f"metrics.`{metric}`", safe="")
+    return (
+        f"#/experiments/{experiment_id}/runs?orderByKey={key}"
+        f"&orderByAsc={str(ascending).lower()}&workflowType=machine_learning"
+    )
+
+
+def artifact_url(experiment_id: str, run_id: str, path: str) -> str:
+    """A link inside the UI to one artifact of a run, open in the run's artifact viewer."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{quote(path)}"
+
+
 def metric_chart_url(experiment_id: str, run_id: str, metrics: Sequence[str]) -> str:
     """A link inside the UI (for a run's description) to one chart of `metrics` of a run: the
     UI groups a run's metrics by prefix, so its own pages never chart train and val together."""

@@ -128,3 +128,19 @@ def test_every_run_logs_its_verdict_gaps_and_annotated_curves(
     artifacts = {a.path for a in mlflow_client.list_artifacts(outcome.run_id)}
     assert "curves.png" in artifacts
     assert [r.data.tags["fit"] for r in all_runs(mlflow_client, ["FINISHED"])] == ["overfit"]
+
+
+@pytest.mark.parametrize(
+    "noisy",
+    [
+        ["data.batch_size=4", "optimizer.lr=1e-2"],
+        ["data.batch_size=8", "optimizer.lr=3e-2"],
+    ],
+)
+def test_small_batches_at_a_high_learning_rate_wobble_but_are_not_overfit(
+    train: Train, noisy: list[str]
+) -> None:
+    # Both curves scatter from epoch to epoch while early stopping halts a model that learned:
+    # without smoothing, the last epochs' wobble read as overfitting.
+    result = train("trainer.progress_bar=false", "trainer.max_epochs=300", *noisy)  # 400 students
+    assert verdict(result) == "good", result.diagnosis.reason

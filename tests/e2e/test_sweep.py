@@ -33,7 +33,7 @@ from helpers import all_runs, cli, one_error_line, server_command, wait_until_up
 from study.sweep.backends import FINISHED, make_storage
 from study.sweep.definition import DEFINITION_ATTR
 from study.sweep.spec import WORKER_MODULE
-from study.tracking import Store
+from study.tracking import NOTE_TAG, Store
 from study.ui import server_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -386,14 +386,8 @@ def test_the_parent_run_holds_the_best_config_and_optunas_plots(
     [parent] = sweep.parents()
     client = sweep.client()
     top = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
-    plots = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "plots")}
     assert "best_config.yaml" in top
-    assert {
-        "plots/optimization_history.png",
-        "plots/param_importances.png",
-        "plots/parallel_coordinate.png",
-        "plots/intermediate_values.png",
-    } <= plots
+    assert {"study.html", "study.png"} <= top
 
 
 def test_the_best_config_is_saved_in_the_sweep_dir_ready_to_run(
@@ -499,9 +493,25 @@ def test_each_packed_trials_run_holds_its_config_overrides_and_checkpoint(
             continue
         run_id = children[trial.number].info.run_id
         top = {artifact.path for artifact in client.list_artifacts(run_id)}
-        assert {"config.yaml", "overrides.yaml", "checkpoints"} <= top, (trial.number, top)
+        expected = {"config.yaml", "overrides.yaml", "checkpoints", "curves.png"}
+        assert expected <= top, (trial.number, top)
         saved = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
         assert saved == ["checkpoints/best.ckpt"], saved
+
+
+def test_every_trial_has_its_marked_curves_and_a_description_naming_only_what_it_has(
+    study_sweep: ResumedStudy,
+) -> None:
+    sweep = study_sweep.sweep
+    client = sweep.client()
+    for number, run in sweep.children().items():
+        files = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+        note = run.data.tags[NOTE_TAG]
+        assert ("curves.png" in note) == ("curves.png" in files), (number, files, note)
+        if run.data.tags.get("trial_state") in ("COMPLETE", "PRUNED"):
+            assert "curves.png" in files, (number, files)
+            steps = sweep.curve(run.info.run_id, "marker/best_epoch")
+            assert steps == [int(run.data.metrics["best_epoch"])] * 2, number
 
 
 def test_a_trial_reproduces_from_its_mlflow_run_id(

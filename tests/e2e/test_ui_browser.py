@@ -254,8 +254,7 @@ def test_every_page_a_click_reaches_stays_in_the_model_training_view(
 
         page.go_back()
         run_links.first.wait_for()
-        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-        run_links.nth(TRIALS).wait_for()  # the parent and its trials
+        run_links.nth(TRIALS).wait_for()  # the parent opens expanded: its trials under it
         for trial in (1, 2):
             run_links.nth(trial).locator("xpath=ancestor::*[@role='row']").locator(
                 "input.ag-checkbox-input"
@@ -347,8 +346,7 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
         assert link.startswith(f"http://{this_machine()}:"), link  # not 0.0.0.0
         page.goto(link)  # as printed: what a colleague's browser opens
         assert _search_runs_from(link, "http://elsewhere.example") == 403  # others' scripts
-        page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-        page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
+        page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()  # expanded
         assert_training_view(page, "runs-table", shots)
         for name, run in runs.items():  # no column picked: the table shows them as it opens
             best = _cell(page, name, "metrics.`best_val_loss`").inner_text()
@@ -374,5 +372,194 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
         for metric in ("trial_value", "best_value"):
             history.get_by_text(f"{parent} ({metric})").wait_for()
         assert_training_view(history, "optimization-history", shots)
+        browser.close()
+    print(f"screenshots: {shots}")
+
+
+# --- the study's story: markers, columns, the sorted table, the figure, the interactive page
+
+
+def _row(page, index: int):  # type: ignore[no-untyped-def]
+    """The run link of the table's row `index` as shown (AG Grid reuses its row elements, so
+    their order in the page is not the order on screen)."""
+    return page.locator(f"[role=row][row-index='{index}'] a[href*='/runs/']").first
+
+
+def _shot(page, shots: Path, what: str) -> None:  # type: ignore[no-untyped-def]
+    page.screenshot(path=str(shots / f"{len(list(shots.iterdir())):02d}-{what}.png"))
+
+
+def test_a_trial_shows_where_it_should_have_stopped_and_the_study_its_story(
+    store: str, tmp_path: Path
+) -> None:
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    from study.sweep.trials import run_name
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(STUDY)
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent, trial = f"study {STUDY}", run_name(0, TRIALS)
+    with ui(store) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.set_default_timeout(PAGE_WAIT_MS)
+        page.goto(dict(server.links)[STUDY])
+        # Opens ready: the parent expanded (its trials nested), the searched parameters shown.
+        page.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
+        _shot(page, shots, "study-table")
+        for column in ("optimizer.lr", "data.batch_size", "model.dropout"):
+            cell = _cell(page, trial, f"params.`{column}`")
+            assert cell.inner_text() == runs[trial].data.params[column], column
+        assert _row(page, 0).inner_text() == parent  # and its trials under it, unclicked
+
+        # A trial's chart: its curves and the markers of its best epoch and its stop.
+        page.get_by_role("link", name=trial, exact=True).click()
+        chart = _open_link(page, "train/loss and val/loss on one chart, best epoch marked")
+        for metric in ("val/loss", "marker/best_epoch", "marker/stopped", "marker/best_val_loss"):
+            chart.get_by_text(f"{trial} ({metric})").wait_for()
+        assert_training_view(chart, "trial-chart-with-markers", shots)
+        assert page.get_by_text("drawn in curves.png").count() == 1
+        chart.close()
+
+        # The parent: a study, its trials counted, its figure, its sorted table, its plots.
+        page.go_back()
+        page.get_by_role("link", name=parent, exact=True).click()
+        page.get_by_text("This run is a study.").wait_for()
+        more = page.get_by_text("Show more", exact=True)
+        if more.count():  # the description's folded lines
+            more.first.click()
+        _shot(page, shots, "study-description")
+        figure = _open_link(page, "the best, clearest underfit and overfit trials side by side")
+        figure.get_by_text("study.png", exact=True).last.wait_for()  # the viewer's heading
+        figure.locator("img[src^='blob:']").first.wait_for()  # the figure, fetched and shown
+        _shot(figure, shots, "study-figure")
+        figure.close()
+
+        sorted_table = _open_link(page, "trials, best first")
+        sorted_table.locator("[role=row] a[href*='/runs/']").nth(TRIALS).wait_for()
+        assert "orderByKey=metrics.%60best_val_loss%60" in sorted_table.url
+        losses = [
+            float(text)
+            for text in sorted_table.locator(
+                "[col-id='metrics.`best_val_loss`']"
+            ).all_inner_texts()
+            if text.strip() not in ("", "-") and not text.startswith("best_val_loss")
+        ]
+        assert losses == sorted(losses) and len(losses) >= TRIALS, losses
+        assert_training_view(sorted_table, "trials-best-first", shots)
+        sorted_table.close()
+
+        plots = _open_link(page, "Interactive plots")
+        frame = plots.frame_locator("iframe").first
+        frame.locator(".plotly-graph-div").nth(3).wait_for()
+        assert frame.locator(".plotly-graph-div").count() == 4
+        frame.get_by_text("Optimization history").first.wait_for()
+        _shot(plots, shots, "study-interactive-plots")
+        browser.close()
+    print(f"screenshots: {shots}")
+
+
+def _big_study(uri: str, n_trials: int) -> str:
+    """A study of `n_trials` trials made directly in the store (no training): a parent and a
+    child each with params, outcome metrics and tags, and the table settings a study keeps."""
+    import random
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from study.tracking import Store
+    from study.ui import save_state, study_state
+
+    store = Store.from_config(uri)
+    client = store.client()
+    experiment_id = store.experiment_id(client, "big")
+    parent = client.create_run(experiment_id, run_name="study big").info.run_id
+    client.set_tag(parent, "fit", "study")
+    rng = random.Random(0)
+    values: dict[str, float] = {}
+    for number in range(n_trials):
+        run_id = client.create_run(
+            experiment_id, run_name=f"trial {number:03d}", tags={"mlflow.parentRunId": parent}
+        ).info.run_id
+        loss = round(rng.uniform(0.1, 0.7), 4)
+        values[run_id] = loss
+        verdict = rng.choice(["good", "underfit", "overfit", "pruned"])
+        client.log_batch(
+            run_id,
+            metrics=[
+                Metric("best_val_loss", loss, 0, 0),
+                Metric("best_epoch", rng.randint(1, 40), 0, 0),
+                Metric("stopped_epoch", 50, 0, 0),
+            ],
+            params=[
+                Param("optimizer.lr", f"{10 ** rng.uniform(-4, -1):.3g}"),
+                Param("data.batch_size", str(rng.choice([16, 32, 64, 128]))),
+                Param("model.dropout", f"{rng.uniform(0, 0.5):.3f}"),
+            ],
+            tags=[RunTag("fit", verdict), RunTag("trial_state", "COMPLETE")],
+        )
+        client.set_terminated(run_id)
+    client.set_terminated(parent)
+    best = sorted(values, key=values.__getitem__)
+    params = ["optimizer.lr", "data.batch_size", "model.dropout"]
+    save_state(client, experiment_id, study_state(params, parent))
+    return best[0]
+
+
+def test_a_200_trial_study_opens_usable_and_a_stored_genai_choice_still_opens_training(
+    tmp_path: Path,
+) -> None:
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    from study.tracking import sorted_runs_url
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    best = _big_study(uri, 200)
+    best_name = MlflowClient(uri).get_run(best).info.run_name
+    with ui(uri) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.set_default_timeout(PAGE_WAIT_MS)
+        began = time.monotonic()
+        page.goto(dict(server.links)["big"])
+        rows = page.locator("[role=row][row-index] a[href*='/runs/']")
+        rows.first.wait_for()
+        first_row_s = time.monotonic() - began
+        rows.nth(20).wait_for()  # the parent expanded: its trials nested under it
+        _shot(page, shots, "200-trials")
+        assert _row(page, 0).inner_text() == "study big"
+        assert _cell(page, "trial 199", "params.`optimizer.lr`").inner_text() != ""
+        # Its first page holds the 100 newest trials; sorted best first, the 100 best.
+        experiment = MlflowClient(uri).get_experiment_by_name("big")
+        assert experiment is not None
+        began = time.monotonic()
+        page.goto(f"{server.url}/{sorted_runs_url(experiment.experiment_id, 'best_val_loss')}")
+        rows.first.wait_for()
+        sorted_s = time.monotonic() - began
+        page.get_by_role("link", name=best_name, exact=True).wait_for()
+        _shot(page, shots, "200-trials-best-first")
+        assert _row(page, 0).inner_text() == best_name
+        print(
+            f"200 trials: first row painted {first_row_s:.1f} s after the link was opened, "
+            f"{sorted_s:.1f} s sorted best first"
+        )
+
+        # A browser that once chose MLflow's GenAI view still opens the training view.
+        genai = browser.new_context(viewport={"width": 1400, "height": 900})
+        genai.add_init_script(
+            "localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))"
+        )
+        visit = genai.new_page()
+        visit.set_default_timeout(PAGE_WAIT_MS)
+        visit.goto(f"{server.url}/#/experiments/{experiment.experiment_id}")
+        visit.locator("[role=row] a[href*='/runs/']").first.wait_for()
+        assert_training_view(visit, "stored-genai-choice", shots)
         browser.close()
     print(f"screenshots: {shots}")

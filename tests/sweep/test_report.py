@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
-from study.plots import DPI
 from study.sweep.backends import make_storage
-from study.sweep.report import (
-    OPTUNA_SIZE,
-    PLOTS,
-    finish_parent_run,
-    log_history,
-    optimization_history,
-    optuna_figures,
-    save_plots,
-)
+from study.sweep.report import finish_parent_run, log_history, optimization_history
+from study.sweep.study_page import figures, history_figure, write_page
 from study.tracking import NOTE_TAG, Store, metric_chart_url
 
 COMPLETE, PRUNED, FAIL = (
@@ -112,7 +104,7 @@ def test_the_parent_row_shares_its_best_trials_metrics_verdict_and_links_it(
     assert {key: run.data.metrics[key] for key in summary} == summary
     assert not [key for key in run.data.metrics if key.startswith(("train/", "val/"))]
     assert run.data.metrics["best_value"] == 0.4
-    assert run.data.tags["fit"] == "good"
+    assert run.data.tags["fit"] == "study"  # a study, not a run: its best trial's word is not
     note = run.data.tags[NOTE_TAG]
     assert f"[trial 4](#/experiments/{experiment_id}/runs/{best})" in note
     chart = metric_chart_url(experiment_id, parent, ("trial_value", "best_value"))
@@ -163,54 +155,98 @@ def searched_study() -> optuna.Study:
     return study
 
 
-def test_optunas_plots_draw_the_studys_trials() -> None:
+def test_the_study_page_shows_pruned_trials_where_they_were_stopped() -> None:
     study = searched_study()
-    figures = dict(optuna_figures(study))
-    assert list(figures) == list(PLOTS)
-    complete = [t for t in study.trials if t.state == COMPLETE]
-
-    [history] = figures["optimization_history"].axes
-    assert history.get_title() == "Optimization History Plot"
-    assert history.get_xlabel() == "Trial" and history.get_ylabel() == "Objective Value"
-    assert len(history.collections[0].get_offsets()) == len(complete)  # a point per trial
-
-    [importances] = figures["param_importances"].axes
-    assert importances.get_title(loc="left") == "Hyperparameter Importances"
-    assert importances.get_xlabel() == "Hyperparameter Importance"
-    assert sorted(t.get_text() for t in importances.get_yticklabels()) == sorted(study.best_params)
-    assert len(importances.patches) == 2  # a bar per parameter
-
-    parallel = figures["parallel_coordinate"].axes[0]
-    assert parallel.get_title() == "Parallel Coordinate Plot"
-    assert len(parallel.collections[0].get_segments()) == len(complete)  # a line per trial
-
-    [curves] = figures["intermediate_values"].axes
-    assert curves.get_title() == "Intermediate Values Plot"
-    assert curves.get_xlabel() == "Step"
-    assert len(curves.get_lines()) == len(study.trials)  # pruned trials' curves too
-    first = curves.get_lines()[0]
-    assert (list(first.get_xdata()), list(first.get_ydata())) == ([1, 2, 3], [3.0, 2.0, 1.0])
+    history = history_figure(study, "val/loss")
+    complete, pruned, best = history.data
+    assert list(complete.x) == [0, 1, 3, 4, 5]
+    assert (list(pruned.x), list(pruned.y), list(pruned.customdata)) == ([2], [1 / 3], [3])
+    assert pruned.marker.symbol == "x"
+    assert list(best.y) == [1.0, 0.5, 0.25, 0.2, 1 / 6]
 
 
-def test_save_plots_writes_each_figure_and_closes_it(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
+def test_the_study_page_holds_four_figures_and_plotly_inlined_once(tmp_path: Path) -> None:
+    made = figures(searched_study(), "val/loss")
+    titles = [figure.layout.title.text for figure in made]
+    assert titles[0] == "Optimization history"
+    assert titles[1] == "Parallel coordinates, coloured by val/loss at the best epoch"
+    assert "Hyperparameter Importances" in titles[2]
+    assert titles[3].startswith("Intermediate values")
+    assert not [t for t in made[3].data if t.showlegend is not False]  # no legend of trials
+    page = write_page(searched_study(), tmp_path / "study.html")
+    assert page is not None
+    text = page.read_text()
+    assert text.count("plotly.js v") == 1  # the library, inlined once for four figures
+    assert 'src="https://cdn.plot.ly' not in text  # no network: no script from a CDN
+    assert text.count('class="plotly-graph-div"') == 4
 
-    before = plt.get_fignums()
-    paths = save_plots(searched_study(), tmp_path)
-    assert [p.name for p in paths] == [f"{name}.png" for name in PLOTS]
-    assert all(p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 10_000 for p in paths)
-    assert plt.get_fignums() == before
-    width, height = OPTUNA_SIZE[0] * DPI, OPTUNA_SIZE[1] * DPI  # 1000x600 px
-    for path in paths:  # cropped to what is drawn ("tight"): most of that, never more
-        found_width, found_height = Image.open(path).size
-        assert 0.8 * width <= found_width <= width, (path.name, found_width)
-        assert 0.9 * height <= found_height <= height, (path.name, found_height)
 
-
-def test_no_plot_before_a_trial_completes(tmp_path: Path) -> None:
+def test_no_page_before_a_trial_finishes(tmp_path: Path) -> None:
     study = optuna.create_study()
-    study.tell(study.ask(), state=PRUNED)
-    assert save_plots(study, tmp_path) == []
+    study.ask()
+    assert write_page(study, tmp_path / "study.html") is None
+
+
+def _trial(
+    mlflow: MlflowClient,
+    experiment_id: str,
+    parent: str,
+    name: str,
+    verdict: str,
+    curve: list[tuple[float, float]],
+    **metrics: float,
+) -> str:
+    """A trial's child run: its curves, final metrics and verdict as a trial logs them."""
+    run_id = mlflow.create_run(
+        experiment_id, run_name=name, tags={"mlflow.parentRunId": parent, "fit": verdict}
+    ).info.run_id
+    points = [
+        Metric(key, value, 0, epoch)
+        for epoch, (train, val) in enumerate(curve, start=1)
+        for key, value in (("train/loss", train), ("val/loss", val))
+    ]
+    best = min(val for _, val in curve)
+    finals = {"best_val_loss": best, "baseline_loss": 1.0, **metrics}
+    points += [Metric(key, value, 0, 0) for key, value in finals.items()]
+    mlflow.log_batch(run_id, metrics=points)
+    return run_id
+
+
+def test_the_parent_counts_its_trials_by_verdict_and_draws_the_clearest_side_by_side(
+    client: tuple[MlflowClient, str], tmp_path: Path
+) -> None:
+    from study.sweep.story import STORY_FIGURE, pick, trial_runs
+
+    mlflow, experiment_id = client
+    parent = mlflow.create_run(experiment_id, run_name="study told").info.run_id
+    falling = [(0.9 - 0.1 * i, 0.8 - 0.1 * i) for i in range(5)]
+    best = _trial(mlflow, experiment_id, parent, "trial 4", "good", falling)
+    _trial(mlflow, experiment_id, parent, "trial 0", "underfit", [(0.95, 0.9)] * 5)
+    barely = _trial(mlflow, experiment_id, parent, "trial 1", "underfit", [(0.99, 0.98)] * 5)
+    rising = [(0.9 - 0.15 * i, 0.5 + 0.1 * abs(i - 1)) for i in range(5)]
+    _trial(mlflow, experiment_id, parent, "trial 3", "overfit", rising, val_rise=0.3)
+    worst = _trial(mlflow, experiment_id, parent, "trial 5", "overfit", rising, val_rise=0.6)
+    pruned = _trial(mlflow, experiment_id, parent, "trial 2", "pruned", [(0.9, 0.85)])
+
+    finish_parent_run(mlflow, parent, study_of("minimize", {4: best}), tmp_path)
+
+    run = mlflow.get_run(parent)
+    assert run.data.tags["fit"] == "study"
+    assert (
+        run.data.tags["fit.reason"]
+        == "trials: 1 good, 2 underfit, 2 overfit, 0 diverged, 1 pruned"
+    )
+    note = run.data.tags[NOTE_TAG]
+    assert "Its trials: 1 good, 2 underfit, 2 overfit, 0 diverged, 1 pruned" in note
+    assert f"runs/{parent}/artifactPath/{STORY_FIGURE})" in note
+    assert "orderByKey=metrics.%60best_val_loss%60&orderByAsc=true" in note
+    assert STORY_FIGURE in {a.path for a in mlflow.list_artifacts(parent)}
+    roles = {role: r.info.run_id for role, r in pick(trial_runs(mlflow, experiment_id, parent))}
+    assert roles == {"best": best, "clearest underfit": barely, "clearest overfit": worst}
+    table = json.loads(mlflow.get_experiment(experiment_id).tags["study.runs_table"])
+    assert table["selectedColumns"][0] == "params.`x`"
+    assert table["runsExpanded"] == {parent: True}
+    assert pruned not in roles.values()
 
 
 def test_the_rerun_command_runs_as_printed_with_spaces_unicode_and_lists(

@@ -26,8 +26,9 @@ from study.packed import (
     packed_result,
     train_pack,
 )
-from study.run import OpenRun, RunPlace
+from study.run import CURVES_FIGURE, OpenRun, RunOutcome, RunPlace, run_note
 from study.sweep.claims import TrialHeartbeat
+from study.sweep.curves_writer import CurvesJob, CurvesWriter
 from study.sweep.trials import FAIL, TrialReport, TrialRunner, note_failure, note_run, run_name
 
 
@@ -70,6 +71,7 @@ class PackRunner:
                 self._fail(trial, error)
             return
         splits = self.prepared.splits
+        self.curves = CurvesWriter(self.runner.store.uri)
         try:
             train_pack(
                 self.next_member,
@@ -80,10 +82,12 @@ class PackRunner:
                 on_member_done=self.on_member_done,
             )
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: every open run closes
+            self.curves.abort()
             for packed in self.running.values():
                 packed.heartbeat.stop()
                 packed.run.abort(error)
             raise
+        self.curves.close()  # every trial's curves.png logged before the worker exits
 
     def next_member(self) -> Member | None:
         """The study's next trial as a member of the pack; None when there is none now. Only a
@@ -132,8 +136,9 @@ class PackRunner:
             result = packed_result(
                 packed.cfg, member, self.prepared, packed.run.output_dir, elapsed
             )
-            packed.run.close(result, report.outcome(member.stop_reason), curves=False)
+            done = packed.run.close(result, report.outcome(member.stop_reason), curves=False)
             note_run(trial, packed.run.run_id, result)
+            self.curves.submit(self._curves_job(done, packed.run, trial.number))
             state, value = report.end(member.stop_reason)
         except Exception as error:  # the run holds the error tag; the pack goes on
             packed.run.abort(error)
@@ -142,6 +147,20 @@ class PackRunner:
         finally:
             packed.heartbeat.stop()
         self.runner.finish(self.study, trial, state, value)
+
+    def _curves_job(self, done: RunOutcome, run: OpenRun, number: int) -> CurvesJob:
+        """The trial's curves.png, drawn off the pack's path (study.sweep.curves_writer)."""
+        diagnosis = done.result.diagnosis
+        return CurvesJob.of(
+            done.run_id,
+            run.output_dir / CURVES_FIGURE,
+            run_name(number, self.spec.settings.n_trials),
+            diagnosis.verdict,
+            diagnosis.reason,
+            done.result.baseline_loss,
+            done.result.history,
+            run_note(done, CURVES_FIGURE),
+        )
 
     def _fail(self, trial: optuna.Trial, error: Exception) -> None:
         packed = self.running.pop(trial.number, None)

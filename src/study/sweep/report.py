@@ -1,4 +1,5 @@
-"""The end of a study: summary table, best config, Optuna's plots, all on the parent run."""
+"""The end of a study: summary table, best config, its story and its interactive plots, all on
+the parent run."""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ import os
 import shutil
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 from mlflow.entities import Metric, Run
@@ -18,27 +16,28 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from study.compare import load_run
+from study.diagnosis import counts_line
 from study.errors import UserError
 from study.paths import script_command
-from study.plots import DPI, plot_curves, pyplot
+from study.plots import plot_curves
 from study.secrets import redact
 from study.sweep.backends import best_trial
-from study.tracking import NOTE_TAG, clean_number, log_metrics, metric_chart_url
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from study.sweep.story import STORY_FIGURE, Story, tell_story
+from study.sweep.study_page import PAGE, write_page
+from study.tracking import (
+    NOTE_TAG,
+    artifact_url,
+    clean_number,
+    log_metrics,
+    metric_chart_url,
+    sorted_runs_url,
+)
+from study.ui import save_state, study_state
 
 TRIAL_VALUE, BEST_VALUE = "trial_value", "best_value"  # on the parent, step = trial number
 CURVE_PREFIXES = ("train/", "val/")  # per-epoch curves: a trial's own, not the study's
 CURVES_ARTIFACT = "curves.png"
-OPTUNA_SIZE = (10, 6)  # inches at plots.DPI: 1000x600 px
 SWEEP_ONLY_KEYS = ("sweep.", "sweep=", "search", "hydra.sweep", "hydra/")
-PLOTS = {
-    "optimization_history": "plot_optimization_history",
-    "param_importances": "plot_param_importances",
-    "parallel_coordinate": "plot_parallel_coordinate",
-    "intermediate_values": "plot_intermediate_values",
-}
 
 
 def best_config_command(trial: optuna.trial.FrozenTrial) -> str:
@@ -63,51 +62,20 @@ def copy_best_config(trial: optuna.trial.FrozenTrial, sweep_dir: Path) -> Path |
 
 
 def import_plotting_meanwhile() -> threading.Thread:
-    """Import what save_plots needs (Optuna's plots and importances, which bring in
-    scikit-learn: ~1 s) in a low-priority thread while the trials run, not at the study's end.
-    Join it before save_plots."""
+    """Import what the study's page needs (Optuna's plotly figures and importances, which bring
+    in scikit-learn: ~1 s) in a low-priority thread while the trials run, not at the study's
+    end. Join it before finish_parent_run."""
 
     def imports() -> None:
         with contextlib.suppress(OSError):  # Linux: niceness is per thread
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         import optuna.importance
-        import optuna.visualization.matplotlib  # noqa: F401
+        import optuna.visualization  # noqa: F401
+        import plotly.graph_objects  # noqa: F401
 
     thread = threading.Thread(target=imports, name="import-plotting", daemon=True)
     thread.start()
     return thread
-
-
-def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Figure]]:
-    """Optuna's matplotlib plots of `study` by name; a plot the study cannot support yet is
-    skipped, and none is drawn before a trial completes. The caller closes each figure."""
-    pyplot()  # the Agg backend, before Optuna's plotting imports pyplot
-    from optuna.visualization import matplotlib as optuna_plots
-
-    if best_trial(study) is None:
-        return
-    for name, function in PLOTS.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                axes = getattr(optuna_plots, function)(study)
-            except (ValueError, RuntimeError, ZeroDivisionError):
-                continue  # e.g. importances need two complete trials
-        yield name, (axes.flat[0].figure if hasattr(axes, "flat") else axes.figure)
-
-
-def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna's plots of `study` as PNGs in `folder`."""
-    plt = pyplot()
-    saved: list[Path] = []
-    for name, figure in optuna_figures(study):
-        folder.mkdir(parents=True, exist_ok=True)
-        figure.set_size_inches(*OPTUNA_SIZE)
-        path = folder / f"{name}.png"
-        figure.savefig(path, dpi=DPI, bbox_inches="tight")
-        plt.close(figure)
-        saved.append(path)
-    return saved
 
 
 def finish_parent_run(
@@ -127,7 +95,12 @@ def finish_parent_run(
     ]
     log_history(client, run_id, study)
     best = best_trial(study)
-    tags = {NOTE_TAG: parent_note(client, run_id, study, best, counts)}
+    experiment_id = client.get_run(run_id).info.experiment_id
+    story = tell_story(client, experiment_id, run_id, sweep_dir)
+    if story.figure is not None:
+        client.log_artifact(run_id, str(story.figure))
+    lines.append(f"trials by verdict: {counts_line(story.counts)}")
+    tags = {NOTE_TAG: parent_note(client, run_id, study, best, counts, story), **story.tags}
     if best is not None:
         best_run_id = best.user_attrs.get("mlflow_run_id", "")
         tags |= {
@@ -151,9 +124,18 @@ def finish_parent_run(
     else:
         lines.append("no trial completed yet")
     log_metrics(client, run_id, metrics, tags)
-    for path in save_plots(study, sweep_dir / "plots"):
-        client.log_artifact(run_id, str(path), "plots")
+    save_state(client, experiment_id, table_of(study, run_id))
+    page = write_page(study, sweep_dir / PAGE)
+    if page is not None:
+        client.log_artifact(run_id, str(page))
     return "\n".join(lines)
+
+
+def table_of(study: optuna.Study, parent_run_id: str) -> dict[str, object]:
+    """How the study's runs table opens: its searched parameters as columns, the parent
+    expanded (study.ui.view)."""
+    trials = study.get_trials(deepcopy=False)
+    return study_state(dict.fromkeys(name for t in trials for name in t.params), parent_run_id)
 
 
 def optimization_history(study: optuna.Study) -> list[tuple[int, float, float]]:
@@ -196,9 +178,7 @@ def best_run_summary(
         for name, value in run.data.metrics.items()
         if not name.startswith(CURVE_PREFIXES)
     }
-    tags: dict[str, str] = {
-        key: run.data.tags[key] for key in ("fit", "fit.reason") if key in run.data.tags
-    }
+    tags: dict[str, str] = {}  # not its verdict: the parent is a study (study.sweep.story)
     artifacts = {a.path for a in client.list_artifacts(best_run_id)}
     if CURVES_ARTIFACT not in artifacts:
         with contextlib.suppress(UserError):
@@ -228,23 +208,37 @@ def parent_note(
     study: optuna.Study,
     best: optuna.trial.FrozenTrial | None,
     counts: dict[str, int],
+    story: Story | None = None,
 ) -> str:
-    """The parent run's description (markdown): the study's outcome and a link to its best
-    trial."""
+    """The parent run's description (markdown): the study's outcome, its trials by verdict,
+    and links to its best trial, its trials best first and its story figure."""
     experiment_id = client.get_run(run_id).info.experiment_id
     history = metric_chart_url(experiment_id, run_id, (TRIAL_VALUE, BEST_VALUE))
+    page = artifact_url(experiment_id, run_id, PAGE)
     # Links first: the run page shows the first lines and folds the rest.
-    lines = [f"[Optimization history]({history}): each trial's value and the best so far"]
+    lines = [
+        f"[Interactive plots]({page}) (history with pruned trials, parallel coordinates, "
+        f"importances, every trial's curve) · [Optimization history]({history}): each "
+        "trial's value and the best so far"
+    ]
     if best is not None:
         best_run_id = best.user_attrs.get("mlflow_run_id", "")
         lines[0] += (
             f" · best: [trial {best.number}](#/experiments/{experiment_id}/runs/{best_run_id}),"
-            f" value {best.value:.6g}"
+            f" value {best.value:.6g} · [trials, best first]"
+            f"({sorted_runs_url(experiment_id, 'best_val_loss')})"
         )
+    if story is not None:
+        figure = (
+            f" · [the best, clearest underfit and overfit trials side by side]"
+            f"({artifact_url(experiment_id, run_id, STORY_FIGURE)})"
+            if story.figure is not None
+            else ""
+        )
+        lines.append(f"**This run is a study.** Its trials: {counts_line(story.counts)}{figure}")
     lines += [
         f"Optuna study **{study.study_name}**: {counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['fail']} failed trials, one child run each. "
-        "This run's metrics and fit verdict are its best trial's; Optuna's plots are in "
-        "Artifacts/plots."
+        "This run's metrics are its best trial's."
     ]
     return "\n\n".join(lines)

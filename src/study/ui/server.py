@@ -1,4 +1,4 @@
-"""The MLflow UI on our store (scripts/ui.py), and the `mlflow server` command tests start.
+"""The MLflow UI on our store (scripts/ui.py): served in this process, with its links.
 
 scripts/ui.py serves MLflow's own ASGI app in this process (uvicorn, one worker, no job
 runner): one Python start instead of three (mlflow CLI, uvicorn, and our script), a console
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import signal
@@ -19,148 +18,16 @@ import socket
 import sys
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from study.errors import UserError
 from study.tracking import Store, runs_url
+from study.ui.view import TRAINING_VIEW, ASGIApp, TrainingView, saved_states
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-TRAINING_VIEW = "machine_learning"
-# MLflow 3.17's bundled UI takes its view from the URL's `workflowType`, else from a localStorage
-# entry, else GenAI. Links inside the app drop `workflowType`, so the entry is what keeps every
-# click in the training view. Its useLocalStorage hook stores `${key}_v${version}`, JSON-encoded.
-VIEW_STORAGE_KEY = "mlflow.workflowType_v1"
-# Set on every page load: the training view, even after a visit to another MLflow server here.
-FORCED = {VIEW_STORAGE_KEY: TRAINING_VIEW}
-# Set once, when absent (the user's later choice stands): no AI assistant panel opening itself
-# over a third of the screen on the first visit.
-DEFAULTS = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": True}
-
-
-# The runs table of an experiment shows these columns until the user picks others. MLflow keeps
-# the table's settings per experiment (its scope is the JSON list of experiment ids) in one
-# localStorage entry; its columns are `metrics.`name`` and `tags.`name``.
-RUNS_TABLE_COLUMNS = [
-    "metrics.`best_val_loss`",
-    "metrics.`best_epoch`",
-    "metrics.`stopped_epoch`",
-    "tags.`fit`",
-    "tags.`trial_state`",
-]
-RUNS_TABLE_STATE = {"selectedColumns": RUNS_TABLE_COLUMNS}
-RUNS_TABLE_KEY = r"^MLflowLocalStorage-[0-9.]+-ExperimentPage-.*-ReactComponentState$"
-
-# Experiment ids are not known before the app runs, so the table's entry is not written: while
-# an experiment has none, reading it returns ours, and the user's first change writes theirs.
-_SEED_JS = """<script>(function (forced, defaults, tableKey, tableState) {
-  try {
-    for (const [key, value] of Object.entries(forced)) localStorage.setItem(key, value);
-    for (const [key, value] of Object.entries(defaults))
-      if (localStorage.getItem(key) === null) localStorage.setItem(key, value);
-    const storage = window.localStorage, getItem = Storage.prototype.getItem;
-    const table = new RegExp(tableKey);
-    Storage.prototype.getItem = function (key) {
-      const value = getItem.call(this, key);
-      return value === null && this === storage && table.test(key) ? tableState : value;
-    };
-  } catch (e) {}
-})(%s, %s, %s, %s)</script>"""
-
-
-def _script_json(value: Any) -> str:
-    """`value` as a JavaScript literal that cannot close the <script> element."""
-    return json.dumps(value).replace("</", "<\\/")
-
-
-def seed_script(
-    forced: dict[str, Any],
-    defaults: dict[str, Any],
-    table_state: dict[str, Any] = RUNS_TABLE_STATE,
-) -> bytes:
-    """An inline <script> writing these localStorage entries before the app reads them, and
-    giving every experiment's runs table `table_state` until the user changes it."""
-
-    def stored(entries: dict[str, Any]) -> str:
-        return _script_json({key: json.dumps(value) for key, value in entries.items()})
-
-    arguments = (stored(forced), stored(defaults), _script_json(RUNS_TABLE_KEY))
-    return (_SEED_JS % (*arguments, _script_json(json.dumps(table_state)))).encode()
-
-
-SEED_SCRIPT = seed_script(FORCED, DEFAULTS)
-# Revalidation headers: a browser that cached the page from a plain `mlflow server` on the same
-# port would otherwise get 304 and reuse the page without the script.
-_CACHE_HEADERS = {b"content-length", b"etag", b"last-modified", b"cache-control", b"expires"}
-_CONDITIONAL_HEADERS = {b"if-none-match", b"if-modified-since"}
-
-
-# --- the page that loads the app ------------------------------------------------------------
-
-
-def seed_training_view(page: bytes) -> bytes:
-    """The UI's index.html with the view mode set before the app's scripts run."""
-    head = page.find(b"<head>")
-    at = head + len(b"<head>") if head >= 0 else 0
-    return page[:at] + SEED_SCRIPT + page[at:]
-
-
-class TrainingView:
-    """ASGI middleware: GET / (the page every UI URL loads) gets seed_training_view.
-
-    The request still goes through MLflow's app, so its host checks and security headers
-    apply; only the body, its length and its cache headers change.
-    """
-
-    def __init__(self, app: ASGIApp, page_path: str = "/") -> None:
-        self.app = app
-        self.page_path = page_path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != self.page_path:
-            await self.app(scope, receive, send)
-            return
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _CONDITIONAL_HEADERS]
-        start: Message = {}
-        chunks: list[bytes] = []
-
-        async def send_seeded(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)  # held back: the length changes
-                return
-            if message["type"] != "http.response.body":
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            await _send_page(send, start, b"".join(chunks))
-
-        await self.app({**scope, "headers": headers}, receive, send_seeded)
-
-
-async def _send_page(send: Send, start: Message, body: bytes) -> None:
-    response_headers = [(k, v) for k, v in start["headers"] if k.lower() not in _CACHE_HEADERS]
-    if start["status"] == 200 and (b"content-type", b"text/html; charset=utf-8") in [
-        (k.lower(), v.lower()) for k, v in start["headers"]
-    ]:
-        body = seed_training_view(body)
-    response_headers += [
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-cache"),
-    ]
-    await send({**start, "headers": response_headers})
-    await send({"type": "http.response.body", "body": body})
-
 
 # --- which experiments to open ----------------------------------------------------------------
 
@@ -270,7 +137,10 @@ def mlflow_app(store: Store, artifacts: str | None) -> ASGIApp:
 
     quiet()  # importing MLflow's server resets its loggers
     initialize_backend_stores(store.uri, store.uri, settings[ARTIFACT_ROOT_ENV_VAR])
-    return TrainingView(app)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store.uri)
+    return TrainingView(app, tables=lambda: saved_states(client))
 
 
 def run_server(app: ASGIApp, sock: socket.socket, on_start: Callable[[], None]) -> None:

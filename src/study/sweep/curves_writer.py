@@ -1,0 +1,142 @@
+"""Trials' curves.png drawn by a helper process, off a packed worker's training path.
+
+A packed worker closes a trial's run in milliseconds; drawing its figure takes 60-80 ms of
+matplotlib, which would stall every trial training beside it in the pack. So the worker hands
+each finished trial's curves to one low-priority helper process (`python -m
+study.sweep.curves_writer`, a JSON line per trial on its stdin) that draws curves.png, logs it
+to the trial's run, then rewrites the run's description to name it: a description never names a file
+the run does not have yet. The worker waits for the helper only when its pack is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+URI_ENV = (
+    "STUDY_CURVES_TRACKING_URI"  # the store, passed in the environment: it may hold a password
+)
+_KEYS = ("epoch", "train/loss", "val/loss")  # what the figure draws
+_NICENESS = 19  # the lowest priority: the helper draws when the trainers leave a core idle
+
+
+@dataclass(frozen=True)
+class CurvesJob:
+    """One trial's figure: where to draw it, what to draw, and the run to log it to."""
+
+    run_id: str
+    path: str  # the PNG to write (the trial's output folder)
+    title: str
+    verdict: str
+    reason: str
+    baseline: float
+    history: list[dict[str, float]]
+    note: str  # the run's description naming the figure, set once the figure is logged
+
+    @classmethod
+    def of(
+        cls,
+        run_id: str,
+        path: Path,
+        title: str,
+        verdict: str,
+        reason: str,
+        baseline: float,
+        history: Sequence[Mapping[str, float]],
+        note: str,
+    ) -> CurvesJob:
+        rows = [{key: float(row[key]) for key in _KEYS if key in row} for row in history]
+        return cls(run_id, str(path), title, verdict, reason, baseline, rows, note)
+
+
+class CurvesWriter:
+    """The helper process and a thread that feeds it, so `submit` never waits on a full pipe."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "study.sweep.curves_writer"],
+            stdin=subprocess.PIPE,
+            text=True,
+            env={**os.environ, URI_ENV: tracking_uri},
+        )
+        self._jobs: queue.SimpleQueue[CurvesJob | None] = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed, name="curves-feeder", daemon=True)
+        self._feeder.start()
+
+    def submit(self, job: CurvesJob) -> None:
+        self._jobs.put(job)
+
+    def close(self, timeout_s: float = 300) -> None:
+        """Wait until every submitted figure is drawn and logged (or `timeout_s` passed)."""
+        self._jobs.put(None)
+        self._feeder.join(timeout_s)
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def abort(self) -> None:
+        """Stop now (the worker is being stopped): figures not drawn yet are not drawn."""
+        self._process.kill()
+        self._process.wait()
+
+    def _feed(self) -> None:
+        stdin: IO[str] | None = self._process.stdin
+        assert stdin is not None
+        try:
+            while (job := self._jobs.get()) is not None:
+                stdin.write(json.dumps(asdict(job)) + "\n")
+                stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the helper is gone (aborted): nothing left to tell it
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+
+def serve(tracking_uri: str, lines: Iterable[str]) -> int:
+    """Draw and log each job read from `lines`; a figure that fails is reported, not fatal."""
+    os.nice(_NICENESS)
+    # Ctrl-C reaches the whole process group: the worker decides (abort) whether we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from mlflow.tracking import MlflowClient
+
+    from study.plots import plot_curves
+    from study.secrets import redact
+    from study.tracking import NOTE_TAG, configure_process
+
+    configure_process()
+    client = MlflowClient(tracking_uri)
+    for line in lines:
+        job = CurvesJob(**json.loads(line))
+        try:
+            path = plot_curves(
+                job.history,
+                Path(job.path),
+                title=job.title,
+                verdict=job.verdict,
+                note=job.reason,
+                baseline=job.baseline,
+            )
+            client.log_artifact(job.run_id, str(path))
+            client.set_tag(job.run_id, NOTE_TAG, redact(job.note))
+        except Exception as error:  # one trial's figure; the others still get theirs
+            print(
+                f"curves.png of run {job.run_id} not drawn: {redact(str(error))}", file=sys.stderr
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(os.environ[URI_ENV], sys.stdin))

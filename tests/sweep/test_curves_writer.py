@@ -1,0 +1,49 @@
+"""study.sweep.curves_writer: trials' figures drawn and logged by a helper process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.sweep.curves_writer import CurvesJob, CurvesWriter
+from study.tracking import NOTE_TAG, Store
+
+HISTORY = [
+    {"epoch": 1.0, "train/loss": 0.9, "val/loss": 0.8, "val/acc": 0.5},
+    {"epoch": 2.0, "train/loss": 0.6, "val/loss": 0.5, "val/acc": 0.7},
+    {"epoch": 3.0, "train/loss": 0.4, "val/loss": 0.55, "val/acc": 0.7},
+]
+
+
+def job(run_id: str, folder: Path) -> CurvesJob:
+    return CurvesJob.of(
+        run_id, folder / "curves.png", "trial 1", "good", "why", 0.69, HISTORY, "see curves.png"
+    )
+
+
+@pytest.mark.slow
+def test_each_figure_is_logged_then_its_run_described_and_a_bad_one_skipped(
+    tmp_path: Path,
+) -> None:
+    store = Store.from_config(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = store.client()
+    experiment = store.experiment_id(client, "e")
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
+    writer = CurvesWriter(store.uri)
+    writer.submit(job("0" * 32, tmp_path / "missing"))  # no such run: reported, not fatal
+    for number, run_id in enumerate(runs):
+        writer.submit(job(run_id, tmp_path / f"trial_{number}"))
+    writer.close()
+    for number, run_id in enumerate(runs):
+        assert [a.path for a in MlflowClient(store.uri).list_artifacts(run_id)] == ["curves.png"]
+        assert client.get_run(run_id).data.tags[NOTE_TAG] == "see curves.png"
+        png = tmp_path / f"trial_{number}" / "curves.png"
+        assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_job_carries_only_the_curves_it_draws() -> None:
+    assert [set(row) for row in job("r", Path("x")).history] == [
+        {"epoch", "train/loss", "val/loss"}
+    ] * 3
