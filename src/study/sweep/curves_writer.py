@@ -4,8 +4,8 @@ A packed worker closes a trial's run in milliseconds; drawing its figure takes 6
 matplotlib, which would stall every trial training beside it in the pack. So the worker hands
 each finished trial's curves to one low-priority helper process (`python -m
 study.sweep.curves_writer`, a JSON line per trial on its stdin) that draws curves.png, logs it
-to the trial's run, then rewrites the run's description to name it: a description never names a file
-the run does not have yet. The worker waits for the helper only when its pack is done.
+to the trial's run, then rewrites the run's description to name it: a description never names a
+file the run does not have yet. The worker waits for the helper only when its pack is done.
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
-"""What the MLflow UI shows first: the model-training view on every page, and the runs table
-of each experiment as it should open.
+"""What the MLflow UI shows first: the model-training view on every page, and the runs table of
+each experiment as it should open.
 
 The view: the page that loads the app (GET /) first sets the browser's view mode to model
 training, so no click lands in MLflow 3's GenAI view (docs/ui.md).
 
-The runs table: which columns, which rows expanded. MLflow 3.17's UI keeps an experiment's
-table settings in the browser's localStorage (one JSON entry per experiment:
-`selectedColumns`, `runsExpanded`, ...) and its sort in the URL (`orderByKey`,
-`orderByAsc`). A study stores the settings it should open with as an experiment tag; scripts/ui.py hands them to the browser until the user changes the table
-(TrainingView). Children nest under their parent only while the table is sorted by creation time
-(mlflow#15802), so the study's table keeps that sort and opens its parent expanded: the trials
-stay nested, in order. The best are one link away, in the parent's description: the table
-sorted by best_val_loss (flat, best first), whose first page of 100 runs holds the 100 best.
-(`runsPinned` in the stored settings pins nothing in 3.17.2: checked in Chromium.)
+The runs table: which columns, which rows expanded. MLflow 3.17's UI keeps an experiment's table
+settings in the browser's localStorage (one JSON entry per experiment: `selectedColumns`,
+`runsExpanded`, ...) and its sort in the URL (`orderByKey`, `orderByAsc`). A study stores the
+settings it should open with as an experiment tag; scripts/ui.py hands them to the browser until
+the user changes the table (TrainingView). Children nest under their parent only while the table
+is sorted by creation time (mlflow#15802), so the study's table keeps that sort and opens its
+parent expanded: the trials stay nested, in order. The best are one link away, in the parent's
+description: the table sorted by best_val_loss (flat, best first), whose first page of 100 runs
+holds the 100 best. (`runsPinned` in the stored settings pins nothing in 3.17.2: checked in
+Chromium.)
 """
 
 from __future__ import annotations
