@@ -37,7 +37,7 @@ def test_an_added_key_the_config_lacks_is_refused_with_the_nearest_name(train) -
 
 def test_an_added_key_the_built_class_takes_is_accepted(train) -> None:
     check_added_keys(["+optimizer.amsgrad=true", "++optimizer.lr=0.1"], train, {})
-    with pytest.raises(UserError, match="optimizer.learning_rate"):
+    with pytest.raises(UserError, match=r"optimizer\.learning_rate"):
         check_added_keys(["+optimizer.learning_rate=0.1"], train, {})
 
 

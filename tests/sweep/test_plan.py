@@ -267,6 +267,6 @@ def test_bad_data_is_refused_by_the_plan_before_anything_is_written(
     make_plan: MakePlan, tmp_path: Path
 ) -> None:
     (tmp_path / "gap.csv").write_text("a,b,y\n1,2,0\n3,,1\n")
-    with pytest.raises(UserError, match="'b' of gap.csv has a missing value on line 3"):
+    with pytest.raises(UserError, match=r"'b' of gap\.csv has a missing value on line 3"):
         make_plan("data=csv", f"data.path={tmp_path / 'gap.csv'}", "data.target=y")
     assert not (tmp_path / "study.journal").exists() and not (tmp_path / "sweep").exists()
