@@ -135,20 +135,28 @@ class TabularData:
         """The data for a model of `task`, split and standardized in numpy: every check a run
         makes of its data, without torch (a sweep checks its data before it starts)."""
         table = self.load(task)
-        if table.task != task:
-            model = "classifier" if task == CLASSIFICATION else "regressor"
-            fitting = "classifier" if table.task == CLASSIFICATION else "regressor"
-            raise UserError(
-                f"data={table.name} is a {table.task} dataset but model={model} needs "
-                f"{task}: use model={fitting}"
-            )
+        _refuse_task(table.name, table.task, task)
         return standardize(table, self.val_fraction, self.test_fraction, self.seed)
+
+    def precheck(self, task: str) -> Standardized | None:
+        """What a sweep checks before it starts: check(), unless the data is known good and
+        slow to load (None then)."""
+        return self.check(task)
 
     def prepare(self, task: str, device: torch.device | str = "cpu") -> Splits:
         return self.check(task).to_splits(device)
 
     def train_batches(self, splits: Splits) -> Batches:
         return Batches(splits.train, self.batch_size, shuffle=True, seed=self.seed)
+
+
+def _refuse_task(name: str, found: str, task: str) -> None:
+    if found != task:
+        model = "classifier" if task == CLASSIFICATION else "regressor"
+        fitting = "classifier" if found == CLASSIFICATION else "regressor"
+        raise UserError(
+            f"data={name} is a {found} dataset but model={model} needs {task}: use model={fitting}"
+        )
 
 
 @dataclass(frozen=True)
@@ -302,6 +310,12 @@ class SklearnData(TabularData):
         if name not in _SKLEARN_SETS:
             raise UserError(f"data.name={name!r} is unknown: use one of {sorted(_SKLEARN_SETS)}")
         self.name = name
+
+    def precheck(self, task: str) -> Standardized | None:
+        """Only the task: scikit-learn's bundled sets are known good, and loading one costs a
+        sweep's parent ~1 s of imports before its workers start."""
+        _refuse_task(self.name, _SKLEARN_SETS[self.name], task)
+        return None
 
     def load(self, task: str) -> Table:
         import sklearn.datasets

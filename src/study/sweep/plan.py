@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from study.config import compose_config, validate
 from study.errors import UserError
 from study.overrides import nested_space, refuse_unknown_added_keys
-from study.prepare import check_data, record_classes
+from study.prepare import precheck_data, record_classes
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
 from study.sweep.definition import study_definition
 from study.sweep.pool import Slot, device_slots, threads_per_worker, visible_gpus
@@ -234,7 +234,7 @@ def plan_sweep(
     metric = str(settings.metric)
     params = parse_space(nested_space(OmegaConf.to_container(cfg.search)), cfg, group_choices)  # type: ignore[arg-type]
     _check_range_ends(cfg, params, overrides, conf_dir, config_name, metric)
-    _, checked = check_data(cfg)  # as a single run checks it: bad data fails here, not in trials
+    checked = precheck_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
     record_classes(base_config, checked)
     pack, pack_note = capped_pack(
