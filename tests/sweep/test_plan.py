@@ -270,3 +270,10 @@ def test_bad_data_is_refused_by_the_plan_before_anything_is_written(
     with pytest.raises(UserError, match=r"'b' of gap\.csv has a missing value on line 3"):
         make_plan("data=csv", f"data.path={tmp_path / 'gap.csv'}", "data.target=y")
     assert not (tmp_path / "study.journal").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_key_new_to_the_configs_at_its_null_default_means_the_same_study() -> None:
+    recorded = encode({"data": "csv", "seed": 0})
+    check_same_study("s", recorded, {"data": "csv", "seed": 0, "data.classes": None})
+    with pytest.raises(UserError, match=r"data\.classes=<unset>, this command has data\.classes"):
+        check_same_study("s", recorded, {"data": "csv", "seed": 0, "data.classes": ["a", "b"]})
