@@ -120,7 +120,8 @@ def test_trials_in_flight_are_the_workers_packs_and_follow_a_capped_plan(
     plan = make_plan("sweep.workers=2", "sweep.pack=3", "sweep.n_trials=10")
     assert plan.in_flight == 6  # what the median pruner waits for (study.sweep.backends)
     assert plan.capped_to(4).in_flight == 4  # two workers, packs of two
-    assert plan.capped_to(1).in_flight == 1
+    last = plan.capped_to(1)  # one worker, still packed: a pack of one is another engine
+    assert (len(last.slots), last.pack) == (1, 2)
 
 
 @pytest.mark.usefixtures("no_gpus")
@@ -128,9 +129,10 @@ def test_a_pack_larger_than_the_study_is_capped_and_says_so(make_plan: MakePlan)
     plan = make_plan("sweep.workers=2", "sweep.pack=1000", "sweep.n_trials=8")
     assert (plan.pack, plan.in_flight) == (4, 8)
     assert plan.pack_note == " (sweep.pack=1000 capped: 8 trials for 2 workers)"
-    resumed = plan.capped_to(3)
-    assert (resumed.pack, resumed.in_flight) == (1, 2)
+    resumed = plan.capped_to(3)  # packs of two at least (the packed engine), on fewer workers
+    assert (resumed.pack, len(resumed.slots)) == (2, 1)
     assert resumed.pack_note == " (sweep.pack=4 capped: 3 trials left for 2 workers)"
+    assert resumed.workers_note == " (sweep.workers capped: 3 trials left in packs of 2)"
 
 
 def test_a_folder_as_storage_is_refused(make_plan: MakePlan, tmp_path: Path) -> None:

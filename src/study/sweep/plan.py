@@ -76,8 +76,18 @@ class SweepPlan:
         if len(plan.slots) > trials_left:
             note = f" (sweep.workers capped: {trials_left} trials left)"
             plan = replace(plan, slots=plan.slots[:trials_left], workers_note=note)
-        pack, note = capped_pack(plan.pack, trials_left, len(plan.slots), "left")
-        return plan if pack == plan.pack else replace(plan, pack=pack, pack_note=note)
+        pack, workers, pack_note, workers_note = capped_pack(
+            plan.pack, trials_left, len(plan.slots), "left"
+        )
+        if (pack, workers) == (plan.pack, len(plan.slots)):
+            return plan
+        return replace(
+            plan,
+            pack=pack,
+            pack_note=pack_note,
+            slots=plan.slots[:workers],
+            workers_note=workers_note or plan.workers_note,
+        )
 
 
 def check_study_name(name: str) -> None:
@@ -165,14 +175,25 @@ def pack_size(
     return setting
 
 
-def capped_pack(pack: int, trials: int, workers: int, which: str = "") -> tuple[int, str]:
-    """At most `trials` in flight: a pruner compares trials with finished ones, so a study all
-    of whose trials train at once could never prune. The pack, and why it shrank ("" if not)."""
-    most = max(1, trials // workers)
-    if pack <= most:
-        return pack, ""
+def capped_pack(
+    pack: int, trials: int, workers: int, which: str = ""
+) -> tuple[int, int, str, str]:
+    """At most `trials` in flight (workers x pack): a pruner compares trials with finished ones,
+    so a study all of whose trials train at once could never prune. A pack shrinks to two at
+    least (a pack of one trains through another engine, Lightning's, ~2 s more per worker
+    start), then workers go. The pack, the workers, and why each shrank ("" if not)."""
+    if workers * pack <= trials or pack == 1:
+        return pack, workers, "", ""
+    capped = min(pack, max(2, trials // workers))
+    kept = max(1, min(workers, trials // capped))
     trials_text = f"{trials} trials{f' {which}' if which else ''}"
-    return most, f" (sweep.pack={pack} capped: {trials_text} for {workers} workers)"
+    pack_note = (
+        f" (sweep.pack={pack} capped: {trials_text} for {workers} workers)"
+        if capped < pack
+        else ""
+    )
+    workers_note = f" (sweep.workers capped: {trials_text} in packs of {capped})"
+    return capped, kept, pack_note, workers_note if kept < workers else ""
 
 
 def _positive_int(settings: DictConfig, key: str) -> int:
@@ -237,9 +258,10 @@ def plan_sweep(
     checked = precheck_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
     record_classes(base_config, checked)
-    pack, pack_note = capped_pack(
+    pack, kept, pack_note, capped_note = capped_pack(
         pack_size(settings.get("pack", 1), cfg, params, n_trials, slots), n_trials, len(slots)
     )
+    slots, workers_note = slots[:kept], capped_note or workers_note
     return SweepPlan(
         study_name=study_name,
         n_trials=n_trials,
