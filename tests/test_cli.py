@@ -238,3 +238,39 @@ def test_run_script_trains_and_tracks_one_run(
     assert hint, result.stdout
     assert (tmp_path / hint.group(1)).resolve() == ROOT / "scripts" / "reproduce.py"
     assert hint.group(2, 3) == (run_id, tracking_uri)
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_bad_data_is_refused_before_torch_or_mlflow_is_imported(
+    run_script: RunScript, tmp_path: Path, sweep: bool
+) -> None:
+    import json
+
+    (tmp_path / "gap.csv").write_text("a,b,y\n1,2,0\n3,,1\n")
+    probe = tmp_path / "imports"
+    probe.mkdir()
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "tests" / "probes"), os.environ.get("PYTHONPATH", "")]
+        ),
+        "STUDY_IMPORT_PROBE": str(probe),
+        "STUDY_IMPORT_WATCH": "torch,mlflow,sklearn",
+    }
+    args = [
+        "data=csv",
+        "data.path=gap.csv",
+        "data.target=y",
+        f"tracking.uri=sqlite:///{tmp_path}/m.db",
+    ]
+    if sweep:
+        args = ["-m", "sweep", f"sweep.storage={tmp_path}/s.journal", *args]
+    result = run_script("run", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: column 'b' of gap.csv has a missing value on line 3: every feature column must "
+        "be a finite number with no gaps"
+    ]
+    [record] = [json.loads(path.read_text()) for path in probe.iterdir()]
+    assert record["imported"] == []
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "s.journal").exists()
+    assert not (tmp_path / "multirun").exists()

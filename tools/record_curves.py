@@ -19,9 +19,9 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from study.packing import fit_packed
-from study.prepare import prepare_data
 
 from study.config import resolved_config, validate
+from study.data import prepare_data
 from study.paths import CONF_DIR, PROJECT_ROOT
 
 OUTPUT = PROJECT_ROOT / "tests" / "data" / "labelled_curves.json"

@@ -227,6 +227,7 @@ def train_job(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from study.config import validate
+    from study.data import precheck_data
 
     hydra_cfg = HydraConfig.get()
     refuse_unknown_added_keys(
@@ -236,6 +237,7 @@ def train_job(cfg: DictConfig) -> float:
         hydra_cfg.runtime.choices,
     )
     validate(cfg)  # before importing MLflow and Lightning: bad input is reported in seconds
+    precheck_data(cfg)  # the data, as a sweep checks it: no torch yet
     config_name = hydra_cfg.job.config_name
     if hydra_cfg.mode == RunMode.RUN and config_name in MULTIRUN_CONFIGS:
         print(

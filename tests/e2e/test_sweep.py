@@ -178,7 +178,7 @@ def test_packed_workers_train_and_track_trials_without_importing_lightning(
     start: a packed worker trains and tracks its trials with none of it."""
     records = [json.loads(p.read_text()) for p in (study_sweep.sweep.work / "imports").iterdir()]
     workers = [r for r in records if WORKER_MODULE in r["argv"]]
-    assert len(workers) >= 4  # two workers in each of the two sessions
+    assert len(workers) >= 3  # two in the first session, one for the two trials of the second
     assert all(r["imported"] == [] for r in workers), workers
 
 

@@ -120,7 +120,8 @@ def test_trials_in_flight_are_the_workers_packs_and_follow_a_capped_plan(
     plan = make_plan("sweep.workers=2", "sweep.pack=3", "sweep.n_trials=10")
     assert plan.in_flight == 6  # what the median pruner waits for (study.sweep.backends)
     assert plan.capped_to(4).in_flight == 4  # two workers, packs of two
-    assert plan.capped_to(1).in_flight == 1
+    last = plan.capped_to(1)  # one worker, still packed: a pack of one is another engine
+    assert (len(last.slots), last.pack) == (1, 2)
 
 
 @pytest.mark.usefixtures("no_gpus")
@@ -128,9 +129,10 @@ def test_a_pack_larger_than_the_study_is_capped_and_says_so(make_plan: MakePlan)
     plan = make_plan("sweep.workers=2", "sweep.pack=1000", "sweep.n_trials=8")
     assert (plan.settings.pack, plan.in_flight) == (4, 8)
     assert plan.pack_note == " (sweep.pack=1000 capped: 8 trials for 2 workers)"
-    resumed = plan.capped_to(3)
-    assert (resumed.settings.pack, resumed.in_flight) == (1, 2)
+    resumed = plan.capped_to(3)  # packs of two at least (the packed engine), on fewer workers
+    assert (resumed.settings.pack, len(resumed.slots)) == (2, 1)
     assert resumed.pack_note == " (sweep.pack=4 capped: 3 trials left for 2 workers)"
+    assert resumed.workers_note == " (sweep.workers capped: 3 trials left in packs of 2)"
 
 
 def test_a_folder_as_storage_is_refused(make_plan: MakePlan, tmp_path: Path) -> None:
@@ -293,7 +295,7 @@ def test_bad_data_is_refused_by_the_plan_before_anything_is_written(
     make_plan: MakePlan, tmp_path: Path
 ) -> None:
     (tmp_path / "gap.csv").write_text("a,b,y\n1,2,0\n3,,1\n")
-    with pytest.raises(UserError, match=r"'b' of gap.csv has a missing value on line 3"):
+    with pytest.raises(UserError, match=r"'b' of gap\.csv has a missing value on line 3"):
         make_plan("data=csv", f"data.path={tmp_path / 'gap.csv'}", "data.target=y")
     assert not (tmp_path / "study.journal").exists() and not (tmp_path / "sweep").exists()
 
@@ -313,3 +315,10 @@ def test_the_fork_server_is_a_switch(make_plan: MakePlan, setting: str) -> None:
 def test_a_fork_server_setting_that_is_not_a_switch_is_refused(make_plan: MakePlan) -> None:
     with pytest.raises(UserError, match=r"^sweep.fork_server='maybe' is not allowed: use true"):
         make_plan(*TINY, "sweep.fork_server=maybe")
+
+
+def test_a_key_new_to_the_configs_at_its_null_default_means_the_same_study() -> None:
+    recorded = encode({"data": "csv", "seed": 0})
+    check_same_study("s", recorded, {"data": "csv", "seed": 0, "data.classes": None})
+    with pytest.raises(UserError, match=r"data\.classes=<unset>, this command has data\.classes"):
+        check_same_study("s", recorded, {"data": "csv", "seed": 0, "data.classes": ["a", "b"]})

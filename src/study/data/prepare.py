@@ -41,22 +41,32 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def check_data(cfg: DictConfig) -> tuple[TabularData, Standardized]:
-    """The run's data loaded, split and standardized in numpy, with every check a run makes of
-    it (no torch); UserError if unusable. The same check for a single run and a sweep."""
+def instantiate_data(cfg: DictConfig) -> TabularData:
     try:
-        data: TabularData = instantiate(cfg.data)
+        return instantiate(cfg.data)  # type: ignore[no-any-return]
     except InstantiationException as error:  # Hydra wraps what the constructor raised
         if isinstance(error.__cause__, UserError):
             raise error.__cause__ from None
         raise
+
+
+def check_data(cfg: DictConfig) -> tuple[TabularData, Standardized]:
+    """The run's data loaded, split and standardized in numpy, with every check a run makes of
+    it (no torch); UserError if unusable."""
+    data = instantiate_data(cfg)
     return data, data.check(model_task(str(cfg.model._target_)).name)
 
 
-def record_classes(cfg: DictConfig, checked: Standardized) -> None:
+def precheck_data(cfg: DictConfig) -> Standardized | None:
+    """The data checks a sweep makes before it writes anything: those of a single run (no
+    torch), except for bundled data sets known good (their task only)."""
+    return instantiate_data(cfg).precheck(model_task(str(cfg.model._target_)).name)
+
+
+def record_classes(cfg: DictConfig, checked: Standardized | None) -> None:
     """Text class labels (yes/no) in `cfg` as `data.classes`, in class-id order: the config a
     run logs then rebuilds the same class ids whatever the labels it meets."""
-    if checked.table.classes and "classes" in cfg.data:
+    if checked is not None and checked.table.classes and "classes" in cfg.data:
         cfg.data.classes = OmegaConf.create(list(checked.table.classes))
 
 

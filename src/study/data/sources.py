@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study.data.tables import TASKS, Table, TabularData
+from study.data.tables import TASKS, Standardized, Table, TabularData, _refuse_task
 from study.errors import UserError
 from study.task import CLASSIFICATION, REGRESSION
 
@@ -56,6 +56,12 @@ class SklearnData(TabularData):
         if name not in _SKLEARN_SETS:
             raise UserError(f"data.name={name!r} is unknown: use one of {sorted(_SKLEARN_SETS)}")
         self.name = name
+
+    def precheck(self, task: str) -> Standardized | None:
+        """Only the task: scikit-learn's bundled sets are known good, and loading one costs a
+        sweep's parent ~1 s of imports before its workers start."""
+        _refuse_task(self.name, _SKLEARN_SETS[self.name], task)
+        return None
 
     def load(self, task: str) -> Table:
         import sklearn.datasets

@@ -134,20 +134,28 @@ class TabularData:
         """The data for a model of `task`, split and standardized in numpy: every check a run
         makes of its data, without torch (a sweep checks its data before it starts)."""
         table = self.load(task)
-        if table.task != task:
-            model = "classifier" if task == CLASSIFICATION else "regressor"
-            fitting = "classifier" if table.task == CLASSIFICATION else "regressor"
-            raise UserError(
-                f"data={table.name} is a {table.task} dataset but model={model} needs "
-                f"{task}: use model={fitting}"
-            )
+        _refuse_task(table.name, table.task, task)
         return standardize(table, self.val_fraction, self.test_fraction, self.seed)
+
+    def precheck(self, task: str) -> Standardized | None:
+        """What a sweep checks before it starts: check(), unless the data is known good and
+        slow to load (None then)."""
+        return self.check(task)
 
     def prepare(self, task: str, device: torch.device | str = "cpu") -> Splits:
         return self.check(task).to_splits(device)
 
     def train_batches(self, splits: Splits) -> Batches:
         return Batches(splits.train, self.batch_size, shuffle=True, seed=self.seed)
+
+
+def _refuse_task(name: str, found: str, task: str) -> None:
+    if found != task:
+        model = "classifier" if task == CLASSIFICATION else "regressor"
+        fitting = "classifier" if found == CLASSIFICATION else "regressor"
+        raise UserError(
+            f"data={name} is a {found} dataset but model={model} needs {task}: use model={fitting}"
+        )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import compose_config, validate
-from study.data import check_data, record_classes
+from study.data import precheck_data, record_classes
 from study.errors import UserError
 from study.overrides import nested_space, refuse_unknown_added_keys
 from study.sweep.backends import PRUNERS, SAMPLERS, check_storage_url, default_storage
@@ -71,10 +71,18 @@ class SweepPlan:
         if len(plan.slots) > trials_left:
             note = f" (sweep.workers capped: {trials_left} trials left)"
             plan = replace(plan, slots=plan.slots[:trials_left], workers_note=note)
-        pack, note = capped_pack(plan.settings.pack, trials_left, len(plan.slots), "left")
-        if pack == plan.settings.pack:
+        pack, workers, pack_note, workers_note = capped_pack(
+            plan.settings.pack, trials_left, len(plan.slots), "left"
+        )
+        if (pack, workers) == (plan.settings.pack, len(plan.slots)):
             return plan
-        return replace(plan, settings=replace(plan.settings, pack=pack), pack_note=note)
+        return replace(
+            plan,
+            settings=replace(plan.settings, pack=pack),
+            pack_note=pack_note,
+            slots=plan.slots[:workers],
+            workers_note=workers_note or plan.workers_note,
+        )
 
 
 def check_study_name(name: str) -> None:
@@ -164,14 +172,25 @@ def pack_size(
     return setting
 
 
-def capped_pack(pack: int, trials: int, workers: int, which: str = "") -> tuple[int, str]:
-    """At most `trials` in flight: a pruner compares trials with finished ones, so a study all
-    of whose trials train at once could never prune. The pack, and why it shrank ("" if not)."""
-    most = max(1, trials // workers)
-    if pack <= most:
-        return pack, ""
+def capped_pack(
+    pack: int, trials: int, workers: int, which: str = ""
+) -> tuple[int, int, str, str]:
+    """At most `trials` in flight (workers x pack): a pruner compares trials with finished ones,
+    so a study all of whose trials train at once could never prune. A pack shrinks to two at
+    least (a pack of one trains through another engine, Lightning's, ~2 s more per worker
+    start), then workers go. The pack, the workers, and why each shrank ("" if not)."""
+    if workers * pack <= trials or pack == 1:
+        return pack, workers, "", ""
+    capped = min(pack, max(2, trials // workers))
+    kept = max(1, min(workers, trials // capped))
     trials_text = f"{trials} trials{f' {which}' if which else ''}"
-    return most, f" (sweep.pack={pack} capped: {trials_text} for {workers} workers)"
+    pack_note = (
+        f" (sweep.pack={pack} capped: {trials_text} for {workers} workers)"
+        if capped < pack
+        else ""
+    )
+    workers_note = f" (sweep.workers capped: {trials_text} in packs of {capped})"
+    return capped, kept, pack_note, workers_note if kept < workers else ""
 
 
 def _positive_int(settings: DictConfig, key: str) -> int:
@@ -237,11 +256,12 @@ def plan_sweep(
     metric = str(settings.metric)
     params = parse_space(nested_space(OmegaConf.to_container(cfg.search)), cfg, group_choices)  # type: ignore[arg-type]
     _check_range_ends(cfg, params, overrides, conf_dir, config_name, metric)
-    _, checked = check_data(cfg)  # as a single run checks it: bad data fails here, not in trials
+    checked = precheck_data(cfg)  # as a single run checks it: bad data fails here, not in trials
     base_config = trial_base_config(cfg, study_name)
     record_classes(base_config, checked)
     asked = pack_size(settings.get("pack", 1), cfg, params, n_trials, slots)
-    pack, pack_note = capped_pack(asked, n_trials, len(slots))
+    pack, kept, pack_note, capped_note = capped_pack(asked, n_trials, len(slots))
+    slots, workers_note = slots[:kept], capped_note or workers_note
     return SweepPlan(
         settings=StudySettings(
             study_name=study_name,
