@@ -474,7 +474,7 @@ def _big_study(uri: str, n_trials: int) -> str:
     from study.tracking import Store
     from study.ui import save_state, study_state
 
-    store = Store.from_config(uri)
+    store = Store.from_uri(uri)
     client = store.client()
     experiment_id = store.experiment_id(client, "big")
     parent = client.create_run(experiment_id, run_name="study big").info.run_id

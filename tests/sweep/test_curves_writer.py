@@ -27,7 +27,7 @@ def job(run_id: str, folder: Path) -> CurvesJob:
 def test_each_figure_is_logged_then_its_run_described_and_a_bad_one_skipped(
     tmp_path: Path,
 ) -> None:
-    store = Store.from_config(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    store = Store.from_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     client = store.client()
     experiment = store.experiment_id(client, "e")
     runs = [client.create_run(experiment).info.run_id for _ in range(2)]

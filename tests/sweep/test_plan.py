@@ -121,7 +121,7 @@ def test_trials_in_flight_are_the_workers_packs_and_follow_a_capped_plan(
     assert plan.in_flight == 6  # what the median pruner waits for (study.sweep.backends)
     assert plan.capped_to(4).in_flight == 4  # two workers, packs of two
     last = plan.capped_to(1)  # one worker, still packed: a pack of one is another engine
-    assert (len(last.slots), last.pack) == (1, 2)
+    assert (len(last.slots), last.settings.pack) == (1, 2)
 
 
 @pytest.mark.usefixtures("no_gpus")
