@@ -64,7 +64,7 @@ class MLPModel(pl.LightningModule):
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The mean loss of a mini-batch: [rows, out] outputs, [rows] targets."""
-        return self.objective.row_losses(outputs[None], target[None]).mean()
+        return self.objective.loss(outputs, target, "mean")
 
     def metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metrics of a whole split, `loss` first."""

@@ -27,8 +27,11 @@ class Task:
     name: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]]  # what `metrics` returns, `loss` first
 
-    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """[K, rows, out] outputs and [K, rows] targets -> [K, rows] losses."""
+    def loss(
+        self, outputs: torch.Tensor, target: torch.Tensor, reduction: str = "none"
+    ) -> torch.Tensor:
+        """[..., rows, out] outputs and [..., rows] targets -> [..., rows] losses, or their mean
+        (`reduction="mean"`: one fused kernel, what a single model's step takes)."""
         raise NotImplementedError
 
     def metrics(
@@ -49,14 +52,17 @@ class Classification(Task):
     name = CLASSIFICATION
     metric_names = ("loss", "acc")
 
-    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, outputs: torch.Tensor, target: torch.Tensor, reduction: str = "none"
+    ) -> torch.Tensor:
         from torch.nn import functional as F  # here: config checks import this module, not torch
 
-        if outputs.shape[2] == 1:
+        if outputs.shape[-1] == 1:
             return F.binary_cross_entropy_with_logits(
-                outputs.squeeze(2), target.float(), reduction="none"
+                outputs.squeeze(-1), target.float(), reduction=reduction
             )
-        return F.cross_entropy(outputs.transpose(1, 2), target, reduction="none")
+        # Classes to dim 1, as cross_entropy takes them: [K, rows, C] -> [K, C, rows].
+        return F.cross_entropy(outputs.movedim(-1, 1), target, reduction=reduction)
 
     def metrics(
         self, outputs: torch.Tensor, target: torch.Tensor, target_scale: float = 1.0
@@ -67,7 +73,7 @@ class Classification(Task):
         else:
             predicted = outputs.argmax(dim=2)
         accuracy = (predicted == target).float().mean(dim=1)
-        return {"loss": self.row_losses(outputs, target).mean(dim=1), "acc": accuracy}
+        return {"loss": self.loss(outputs, target).mean(dim=1), "acc": accuracy}
 
 
 class Regression(Task):
@@ -76,8 +82,12 @@ class Regression(Task):
     name = REGRESSION
     metric_names = ("loss", "rmse", "mae", "r2")
 
-    def row_losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (outputs.squeeze(2) - target).pow(2)
+    def loss(
+        self, outputs: torch.Tensor, target: torch.Tensor, reduction: str = "none"
+    ) -> torch.Tensor:
+        from torch.nn import functional as F
+
+        return F.mse_loss(outputs.squeeze(-1), target, reduction=reduction)
 
     def metrics(
         self, outputs: torch.Tensor, target: torch.Tensor, target_scale: float = 1.0

@@ -111,7 +111,7 @@ class PackLoop:
             params, train.x[index], train.y[index], mask, *([keep] if keep is not None else [])
         )
         outputs = self.net(flats, x, rest[0] if rest else None)
-        sums = torch.where(valid, self.task.row_losses(outputs, y), 0.0).sum(dim=1)[:n]
+        sums = torch.where(valid, self.task.loss(outputs, y), 0.0).sum(dim=1)[:n]
         losses = sums / counts
         group.loss_sums[:n] += losses.detach() * counts
         return losses.sum()
