@@ -106,7 +106,10 @@ def bench_packed(seeds: int, n_trials: int, epochs: int, workers: int = 2) -> No
                 f"over the trials' span; epochs trained {packed.epochs} vs {alone.epochs}"
             )
         summarize_packed(runs, workers)
-        bench_fixed_cost(folder, [*common, "sweep.pack=auto", "sweep.seed=0"])
+        # Workers of their own: a forked worker never runs the stopwatch's start-up hook.
+        bench_fixed_cost(
+            folder, [*common, "sweep.pack=auto", "sweep.seed=0", "sweep.fork_server=false"]
+        )
 
 
 def summarize_packed(runs: dict[str, list[StudyFigures]], workers: int) -> None:

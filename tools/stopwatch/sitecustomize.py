@@ -2,7 +2,7 @@
 
 Python imports this at start-up when tools/stopwatch is on PYTHONPATH; it does nothing unless
 $STUDY_STOPWATCH names a folder (the benchmark sets both for one study only). It times the calls
-a packed worker (study.sweep.packs.PackRunner) makes per trial: opening one (wait for the go,
+a packed worker (study.sweep.packs.PackRunner, its trials' TrialReport) makes per trial: opening one (wait for the go,
 claim, sample, MLflow run and params), its per-epoch report and pruning check, and closing it
 (checkpoint, artifacts, the final write, tell), and writes their totals to <folder>/<pid>.json
 when the process exits.
@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 FOLDER = os.environ.get("STUDY_STOPWATCH")
-CALLS = {"open": "next_member", "epoch": "on_epoch_end", "close": "on_member_done"}
+# (class, method) timed for each part: a packed member's epochs are heard by its TrialReport.
+CALLS = {
+    "open": ("PackRunner", "next_member"),
+    "epoch": ("TrialReport", "__call__"),
+    "close": ("PackRunner", "on_member_done"),
+}
 
 
 def stopwatch(totals: dict[str, float], name: str, method: Callable[..., Any]) -> Callable:
@@ -42,9 +47,11 @@ def write(folder: str, totals: dict[str, float]) -> None:
 
 
 if FOLDER:
-    from study.sweep.packs import PackRunner
+    from study.sweep import packs, trials
 
+    classes = {"PackRunner": packs.PackRunner, "TrialReport": trials.TrialReport}
     totals = {"open": 0.0, "epoch": 0.0, "close": 0.0, "trials": 0.0}
-    for name, attribute in CALLS.items():
-        setattr(PackRunner, attribute, stopwatch(totals, name, getattr(PackRunner, attribute)))
+    for name, (owner, attribute) in CALLS.items():
+        cls = classes[owner]
+        setattr(cls, attribute, stopwatch(totals, name, getattr(cls, attribute)))
     atexit.register(write, FOLDER, totals)
