@@ -2,10 +2,10 @@
 
 Python imports this at start-up when tools/stopwatch is on PYTHONPATH; it does nothing unless
 $STUDY_STOPWATCH names a folder (the benchmark sets both for one study only). It times the calls
-a packed worker (study.sweep.packs.PackRunner, its trials' TrialReport) makes per trial: opening one (wait for the go,
-claim, sample, MLflow run and params), its per-epoch report and pruning check, and closing it
-(checkpoint, artifacts, the final write, tell), and writes their totals to <folder>/<pid>.json
-when the process exits.
+a packed worker (study.sweep.packs.PackRunner, its trials' TrialReport) makes per trial:
+opening one (wait for the go, claim, sample, MLflow run and params), its per-epoch report and
+pruning check, and closing it (checkpoint, artifacts, the final write, tell), and writes their
+totals to <folder>/<pid>.json when the process exits.
 """
 
 from __future__ import annotations
