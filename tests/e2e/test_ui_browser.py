@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -316,6 +317,17 @@ def _open_link(page, name: str):  # type: ignore[no-untyped-def]
     return opened.value
 
 
+def _study_runs(store: str, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A folder for screenshots, and the study's runs by name."""
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name(STUDY)
+    assert experiment is not None
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    return shots, runs
+
+
 def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
     store: str, tmp_path: Path
 ) -> None:
@@ -325,12 +337,7 @@ def test_the_runs_table_and_the_run_pages_tell_the_studys_story(
     from study.sweep.trials import run_name
     from study.ui import this_machine
 
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name(STUDY)
-    assert experiment is not None
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    shots, runs = _study_runs(store, tmp_path)
     parent, trial = f"study {STUDY}", run_name(0, TRIALS)
     assert set(runs) == {parent, *(run_name(n, TRIALS) for n in range(TRIALS))}
     # Bound to every interface: still served here, and the user is warned that it is open.
@@ -397,12 +404,7 @@ def test_a_trial_shows_where_it_should_have_stopped_and_the_study_its_story(
 
     from study.sweep.trials import run_name
 
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name(STUDY)
-    assert experiment is not None
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    shots, runs = _study_runs(store, tmp_path)
     parent, trial = f"study {STUDY}", run_name(0, TRIALS)
     with ui(store) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

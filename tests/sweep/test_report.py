@@ -109,7 +109,7 @@ def test_the_parent_row_shares_its_best_trials_metrics_verdict_and_links_it(
     assert f"[trial 4](#/experiments/{experiment_id}/runs/{best})" in note
     chart = metric_chart_url(experiment_id, parent, ("trial_value", "best_value"))
     assert f"[Optimization history]({chart})" in note
-    # A packed trial draws no curves.png; the study's best gets one at the end.
+    # The best trial's figure, drawn at the study's end if its run has none.
     assert "curves.png" in {a.path for a in mlflow.list_artifacts(best)}
 
 

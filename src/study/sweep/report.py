@@ -168,7 +168,8 @@ def best_run_summary(
     client: MlflowClient, best_run_id: str, sweep_dir: Path
 ) -> tuple[dict[str, float], dict[str, str]]:
     """The best trial's final metrics (best_val_loss, best_epoch, test/...) and verdict, for
-    the parent's row in the runs table; its curves.png drawn if it has none (packed trials)."""
+    the parent's row in the runs table; its curves.png drawn if it has none (its packed
+    worker's helper failed to draw it)."""
     try:
         run = client.get_run(best_run_id)
     except MlflowException:
