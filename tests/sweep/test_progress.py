@@ -117,3 +117,23 @@ def test_with_a_budget_the_line_shows_the_time_left() -> None:
 def test_a_spent_budget_shows_the_trials_in_flight_finishing() -> None:
     budget = Budget.start(60.0, time.monotonic() - 90.0)
     assert _line(Tally(20, finished=6), budget=budget)["budget"] == "budget spent: finishing"
+
+
+def test_a_line_is_printed_when_trials_end_not_when_only_the_running_count_moves(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tallies = iter(
+        [
+            Tally(5),  # read as the line starts
+            Tally(5, finished=2, running=2),
+            Tally(5, finished=2, running=1),  # a pack mate claimed or left: no trial ended
+            Tally(5, finished=3, running=1),
+            Tally(5, finished=3, failed=1, running=0),
+        ]
+    )
+    progress = ProgressLine("tiny", 5, lambda: next(tallies))
+    for number in range(4):
+        progress.on_event(Finished(number=number, state="COMPLETE", value=0.5))
+    lines = capsys.readouterr().out.splitlines()
+    assert [LINE.match(line)["finished"] for line in lines] == ["2", "3", "3"]  # type: ignore[index]
+    assert [LINE.match(line)["failed"] for line in lines] == ["0", "0", "1"]  # type: ignore[index]

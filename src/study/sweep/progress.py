@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 
@@ -79,9 +79,11 @@ class ProgressLine:
             )
         if isinstance(event, Finished | Lost):
             tally = self.read()
-            # Trials of a pack often end in the same epoch: one line per change of the study.
-            if tally != self.shown:
-                self.shown = tally
+            # Trials of a pack often end in the same epoch: one line per change of the trials
+            # that ended. The running count alone changes with every claim: no line for it.
+            ended = replace(tally, running=0)
+            if ended != self.shown:
+                self.shown = ended
                 self._print(self.render(tally), overwrite=True)
 
     def _print(self, line: str, overwrite: bool = False) -> None:
