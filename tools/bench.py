@@ -1,7 +1,7 @@
 """Benchmarks: ratios measured side by side in one process (absolute times vary by machine).
 
 python tools/bench.py [startup] [input] [core] [sweep] [pg] [packed] [steps] [peer]
-                     [quality] [study-start] [budget]
+                     [quality] [study-start] [budget] [pack-sizes]
                      [--repeats N] [--rounds N] [--seeds N] [--trials N] [--epochs N]
                      [--postgres ADMIN_URL]
 
@@ -39,7 +39,7 @@ from study.tracking import Store
 from study.train import fit, seed_everything
 
 SECTIONS = ["startup", "input", "core", "sweep", "pg", "packed", "steps", "peer"]
-SECTIONS += ["quality", "study-start", "budget"]
+SECTIONS += ["quality", "study-start", "budget", "pack-sizes"]
 # Bad input that needs no torch, Lightning or MLflow: each must be answered in seconds.
 CONFIG_ONLY_INPUTS = [
     ["optimizer.lr=nan"],
@@ -541,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_steps(args.repeats)
         if "peer" in sections:
             bench_peer(args.rounds)
-    if {"quality", "study-start", "budget"} & set(sections):
-        from bench_quality import bench_budget, bench_quality, bench_study_start
+    if {"quality", "study-start", "budget", "pack-sizes"} & set(sections):
+        from bench_quality import bench_budget, bench_pack_sizes, bench_quality, bench_study_start
 
         if "study-start" in sections:
             bench_study_start(args.rounds)
@@ -550,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_quality()
         if "budget" in sections:
             bench_budget()
+        if "pack-sizes" in sections:
+            bench_pack_sizes(args.seeds)
     if "input" in sections:
         bench_input()
     return 0

@@ -8,7 +8,10 @@
 - study-start: a 2-trial, 1-epoch study end to end vs one process importing torch, MLflow and
   Optuna; its first line, its first trial's start and end, and its last trial to exit;
 - budget: `sweep.timeout=60` on the lecture study, packed vs `sweep.pack=1`: trials run and
-  the best value of each.
+  the best value of each;
+- pack-sizes: the peer study at each pack size, a round per sampler seed: the seconds each
+  needs to reach the plain loop's final best, its best value and wall (what `sweep.pack=auto`
+  is chosen by).
 """
 
 from __future__ import annotations
@@ -142,6 +145,43 @@ def bench_quality(n_trials: int = 100, epochs: int = 30) -> None:
             f"  {curve.name:<14} wall {curve.wall:6.1f} s ({curve.wall / plain.wall:.2f}x), "
             f"{curve.trials} trials, best {curve.best:.4f}; reaches the target at "
             f"{'-' if reached is None else f'{reached:.1f} s'} ({ratio})"
+        )
+
+
+PACKS = (1, 2, 4, 8, 16)
+
+
+def bench_pack_sizes(seeds: int = 2, n_trials: int = 100, epochs: int = 30) -> None:
+    """The peer study at each pack size (2 workers), in turns, against the plain loop's best."""
+    print(
+        f"pack sizes: the peer study ({n_trials} trials x <= {epochs} epochs, 2 workers), "
+        f"sweep.pack in {PACKS} and auto, {seeds} sampler seeds; target: the plain loop's final "
+        "best:"
+    )
+    packs = [*(str(pack) for pack in PACKS), "auto"]
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        csv = peer_csv(folder / "breast_cancer.csv")
+        common = [*PEER, f"data.path={csv}", f"sweep.n_trials={n_trials}", "sweep.workers=2"]
+        common.append(f"trainer.max_epochs={epochs}")
+        plain = plain_curve(folder, n_trials, epochs)
+        curves: dict[str, list[Curve]] = {pack: [] for pack in packs}
+        for seed in range(seeds):
+            for pack in packs if seed % 2 == 0 else packs[::-1]:
+                overrides = [*common, f"sweep.pack={pack}", f"sweep.seed={seed * 2}"]
+                curves[pack].append(our_curve(folder, f"pack{pack}_{seed}", *overrides))
+    target = plain.best
+    print(
+        f"  the plain loop: wall {plain.wall:.1f} s, best {target:.4f} at "
+        f"{plain.reaches(target):.1f} s"
+    )
+    for pack in packs:
+        reached = [curve.reaches(target) for curve in curves[pack]]
+        shown = ", ".join("never" if r is None else f"{r:.1f}" for r in reached)
+        print(
+            f"  sweep.pack={pack:<4} reaches it at {shown} s; best "
+            f"{', '.join(f'{c.best:.4f}' for c in curves[pack])}; wall "
+            f"{', '.join(f'{c.wall:.1f}' for c in curves[pack])} s"
         )
 
 

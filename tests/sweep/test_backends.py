@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend
 
 from study.errors import UserError
 from study.paths import PROJECT_ROOT
@@ -109,6 +111,39 @@ def test_a_journal_storage_is_shared_by_separate_handles(tmp_path: Path) -> None
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
     again = optuna.load_study(study_name="s", storage=make_storage(path))
     assert [t.number for t in again.trials] == [0, 1]
+
+
+def test_a_journal_append_is_never_fsynced_and_reads_back_in_optunas_own_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("a journal append was fsynced")
+
+    path = str(tmp_path / "study.journal")
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", no_fsync)
+        study = optuna.create_study(study_name="s", storage=make_storage(path))
+        trial = study.ask()
+        trial.report(0.5, step=1)
+        study.tell(trial, 0.25)
+    stock = optuna.storages.JournalStorage(JournalFileBackend(path))  # optuna-dashboard's view
+    [again] = optuna.load_study(study_name="s", storage=stock).trials
+    assert (again.value, again.intermediate_values) == (0.25, {1: 0.5})
+
+
+def test_a_torn_last_journal_line_is_dropped_by_the_next_append(tmp_path: Path) -> None:
+    """What a power cut or a full disk may leave of an append: Optuna's reader skips a torn
+    line while it is last, and fails every read once another line follows it."""
+    path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="s", storage=make_storage(str(path)))
+    study.tell(study.ask(), 0.25)
+    with path.open("ab") as journal:
+        journal.write(b'{"op_code": 4, "worker_id"')
+    again = optuna.load_study(study_name="s", storage=make_storage(str(path)))
+    assert [t.value for t in again.trials] == [0.25]
+    again.tell(again.ask(), 0.5)
+    reread = optuna.load_study(study_name="s", storage=make_storage(str(path)))
+    assert [t.value for t in reread.trials] == [0.25, 0.5]
 
 
 def test_a_sqlite_url_is_an_rdb_storage(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ started early that the study turns out not to need."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 
 from study.errors import UserError
 from study.sweep.devices import DeviceSlot, device_slots, threads_per_worker, visible_gpus
-from study.sweep.pool import EarlyWorkers, EventPipe
+from study.sweep.pool import EarlyWorkers, EventPipe, Scheduler, Worker
+from study.sweep.spec import Command, Event, Finished, Started, Trained
 
 CORES = os.cpu_count() or 1
 
@@ -149,3 +151,38 @@ def test_events_that_arrive_together_are_all_read_at_once() -> None:
     assert events.read_lines() is None
     events.close()
     events.close()  # once is enough
+
+
+def _listening_worker(tmp_path: Path) -> Worker:
+    """A worker whose commands from the parent can be read back: `cat` echoes its stdin."""
+    process = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    read_fd, _ = os.pipe()
+    return Worker(DeviceSlot(0, None), process, EventPipe(read_fd), tmp_path / "worker.log")
+
+
+def _commands_sent(worker: Worker) -> list[str]:
+    assert worker.process.stdin is not None and worker.process.stdout is not None
+    worker.process.stdin.close()
+    commands = worker.process.stdout.read().decode().split()
+    worker.process.wait()
+    return commands
+
+
+@pytest.mark.parametrize(
+    ("events", "go_aheads"),
+    [
+        ([Started(1), Finished(1, "COMPLETE", 0.5)], 1),  # one at a time: the go at its end
+        ([Started(1), Trained(1), Finished(1, "COMPLETE", 0.5)], 1),  # packed: at Trained only
+        ([Started(1), Started(2), Trained(1), Finished(2, "PRUNED"), Finished(1, "FAIL")], 2),
+    ],
+)
+def test_a_trial_earns_one_go_ahead_as_soon_as_its_slot_is_free(
+    tmp_path: Path, events: list[Event], go_aheads: int
+) -> None:
+    worker = _listening_worker(tmp_path)
+    scheduler = Scheduler([worker.slot], tmp_path / "spec.json", tmp_path, max_failures=10)
+    for event in events:
+        scheduler._handle(worker, event)
+    assert _commands_sent(worker) == [Command.TRIAL.value] * go_aheads
+    assert (worker.trials, worker.freed) == (set(), set())
+    assert scheduler.failed_here == sum(getattr(e, "state", "") == "FAIL" for e in events)

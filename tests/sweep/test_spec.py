@@ -12,12 +12,14 @@ import pytest
 from study.sweep.space import Param
 from study.sweep.spec import (
     Command,
+    CurvesDue,
     Exhausted,
     Finished,
     Lost,
     Ready,
     Started,
     StudySettings,
+    Trained,
     WorkerSpec,
     decode_event,
     encode_event,
@@ -80,6 +82,8 @@ def test_a_worker_spec_file_is_readable_by_its_owner_only(tmp_path: Path) -> Non
     [
         Ready(),
         Started(4),
+        Trained(4),
+        CurvesDue({"run_id": "r", "history": [{"epoch": 1.0, "val/loss": 0.5}]}),
         Finished(4, "COMPLETE", 0.25, "run", "cpu", 12),
         Exhausted(),
         Lost(4, -9),

@@ -2,15 +2,17 @@
 
 Python imports this at start-up when tools/stopwatch is on PYTHONPATH; it does nothing unless
 $STUDY_STOPWATCH names a folder (the benchmark sets both for one study only). It times the calls
-a packed worker (study.sweep.packs.PackRunner, its trials' TrialReport) makes per trial:
-opening one (wait for the go, claim, sample, MLflow run and params), its per-epoch report and
-pruning check, and closing it (checkpoint, artifacts, the final write, tell), and writes their
-totals to <folder>/<pid>.json when the process exits.
+a packed worker (study.sweep.packs.PackRunner, its trials' TrialReport) makes per trial on its
+training path: taking one (wait for the go, claim, sample), its per-epoch report and pruning
+check, and freeing its slot; and, apart, what its writer thread spends off that path opening
+and closing the trial's run (config files, MLflow run and params; checkpoint, artifacts, the
+final write, tell). It writes their totals to <folder>/<pid>.json when the process exits.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import json
 import os
@@ -20,21 +22,24 @@ from pathlib import Path
 from typing import Any
 
 FOLDER = os.environ.get("STUDY_STOPWATCH")
-# (class, method) timed for each part: a packed member's epochs are heard by its TrialReport.
-CALLS = {
-    "open": ("PackRunner", "next_member"),
-    "epoch": ("TrialReport", "__call__"),
-    "close": ("PackRunner", "on_member_done"),
-}
+# (part, class, method) timed: a packed member's epochs are heard by its TrialReport.
+CALLS = [
+    ("open", "PackRunner", "next_member"),
+    ("epoch", "TrialReport", "__call__"),
+    ("close", "PackRunner", "on_member_done"),
+    ("writes", "PackRunner", "_open_run"),  # on the writer thread
+    ("writes", "PackRunner", "_close"),
+]
 
 
 def stopwatch(totals: dict[str, float], name: str, method: Callable[..., Any]) -> Callable:
     @functools.wraps(method)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         result = method(*args, **kwargs)
         if not (name == "open" and result is None):  # the last call waits for the study's end
             totals[name] += time.perf_counter() - start
+            totals[f"{name} cpu"] += time.thread_time() - cpu
         totals["trials"] += name == "close"
         return result
 
@@ -50,8 +55,8 @@ if FOLDER:
     from study.sweep import packs, trials
 
     classes = {"PackRunner": packs.PackRunner, "TrialReport": trials.TrialReport}
-    totals = {"open": 0.0, "epoch": 0.0, "close": 0.0, "trials": 0.0}
-    for name, (owner, attribute) in CALLS.items():
+    totals = collections.defaultdict(float)
+    for name, owner, attribute in CALLS:
         cls = classes[owner]
         setattr(cls, attribute, stopwatch(totals, name, getattr(cls, attribute)))
     atexit.register(write, FOLDER, totals)

@@ -7,11 +7,13 @@ PostgreSQL serves many machines, with heartbeats so that a dead host's trials ar
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.storages.journal import JournalFileBackend
@@ -135,10 +137,50 @@ def make_storage(
     path = Path(url).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path), lock_obj=FlockLock(f"{path}.lock"))  # type: ignore[arg-type]
+        backend = UnsyncedJournalFile(str(path))
     except OSError as error:
         raise UserError(f"sweep.storage={shown!r} cannot be written: {error.strerror}") from error
     return optuna.storages.JournalStorage(backend)
+
+
+class UnsyncedJournalFile(JournalFileBackend):
+    """Optuna's journal file, its appends under our flock (FlockLock) and not fsync'd.
+
+    The stock backend fsyncs every append, and a trial appends every epoch (its report). While
+    the sweep's MLflow store and checkpoints leave dirty pages on an ext4 disk, each fsync
+    waits for the filesystem's journal commit: a packed trial's fixed cost on its training path
+    measured 104-115 ms with fsync, 29 ms without (tools/bench.py packed, 2 cores). The same
+    durability as the MLflow store (SQLite's WAL with synchronous=NORMAL, study.tracking): a
+    crashed process loses nothing (the append is in the page cache), a power cut may lose the
+    last appends; a torn last line is dropped by the next append, and a resumed study fails
+    and retries the trials such a cut leaves RUNNING. The file stays Optuna's own format
+    (optuna-dashboard and a stock JournalFileBackend read it).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.lock_path = f"{path}.lock"
+        super().__init__(path, lock_obj=FlockLock(self.lock_path))  # type: ignore[arg-type]
+        self.path = path
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+        with flock(self.lock_path), open(self.path, "r+b") as journal:
+            journal.seek(_whole_lines_end(journal))  # past a torn last line, if any
+            journal.truncate()
+            journal.write(lines.encode("utf-8"))
+
+
+def _whole_lines_end(journal: BinaryIO, tail: int = 1 << 16) -> int:
+    """Where the journal's last whole line ends. A torn line (a power cut, a full disk) is
+    skipped by Optuna's reader while it is last, but fails every read once a line follows it:
+    the next append replaces it."""
+    end = journal.seek(0, os.SEEK_END)
+    start = max(0, end - tail)
+    journal.seek(start)
+    data = journal.read()
+    if not data or data.endswith(b"\n"):
+        return end
+    return start + data.rfind(b"\n") + 1  # 0 when the file holds no whole line
 
 
 class FlockLock:

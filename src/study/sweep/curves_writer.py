@@ -1,11 +1,12 @@
-"""Trials' curves.png drawn by a helper process, off a packed worker's training path.
+"""Packed trials' curves.png drawn by one helper process per study, off the workers' paths.
 
-A packed worker closes a trial's run in milliseconds; drawing its figure takes 60-80 ms of
-matplotlib, which would stall every trial training beside it in the pack. So the worker hands
-each finished trial's curves to one low-priority helper process (`python -m
-study.sweep.curves_writer`, a JSON line per trial on its stdin) that draws curves.png, logs it
-to the trial's run, then rewrites the run's description to name it: a description never names a
-file the run does not have yet. The worker waits for the helper only when its pack is done.
+Drawing a trial's figure takes 60-80 ms of matplotlib (and importing it a second), which would
+stall every trial training beside it in a pack. So a packed worker sends each finished trial's
+curves to the sweep's parent as an event (spec.CurvesDue), and the parent hands them to one
+low-priority helper process (`python -m study.sweep.curves_writer`, a JSON line per trial on its
+stdin) that draws curves.png, logs it to the trial's run, then rewrites the run's description to
+name it: a description never names a file the run does not have yet. The parent waits for the
+helper while it writes the study's own figures, at the study's end.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
+
+from study.sweep.spec import CurvesDue, Event
 
 URI_ENV = (
     "STUDY_CURVES_TRACKING_URI"  # the store, passed in the environment: it may hold a password
@@ -103,6 +106,40 @@ class CurvesWriter:
         finally:
             with contextlib.suppress(OSError):
                 stdin.close()
+
+
+class CurvesFromWorkers:
+    """The parent's side: a helper started at the study's first figure, closed at its end."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.writer: CurvesWriter | None = None
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, CurvesDue):
+            self.writer = self.writer or CurvesWriter(self.tracking_uri)
+            self.writer.submit(CurvesJob(**event.job))
+
+    def then(self, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
+        """Hear each event, then pass it on to `on_event`."""
+
+        def both(event: Event) -> None:
+            self.on_event(event)
+            on_event(event)
+
+        return both
+
+    def close(self) -> None:
+        """Every figure sent drawn and logged."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def abort(self) -> None:
+        """Figures not drawn yet are not drawn (the study was interrupted)."""
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
 
 
 def serve(tracking_uri: str, lines: Iterable[str]) -> int:

@@ -27,6 +27,7 @@ from study.sweep.backends import (
     storage_exists,
 )
 from study.sweep.budget import Budget, ended_note
+from study.sweep.curves_writer import CurvesFromWorkers
 from study.sweep.definition import DEFINITION_ATTR, encode
 from study.sweep.plan import SweepPlan
 from study.sweep.pool import SPEC_FILE, EarlyWorkers, Scheduler
@@ -178,6 +179,7 @@ def run_sweep(
     recovery = Recovery(study, lock, client, experiment_id, parent_run_id, settings.retries)
     # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED; a
     # second signal does not cut that short.
+    figures = CurvesFromWorkers(store.uri)  # packed trials' curves.png, drawn meanwhile
     with interrupt_once(STILL_STOPPING):
         status = "FAILED"
         try:
@@ -206,7 +208,7 @@ def run_sweep(
                 ),
                 plan.sweep_dir,
                 plan.max_failures,
-                on_event=progress.on_event,
+                on_event=figures.then(progress.on_event),
                 on_worker_lost=recovery.worker_lost,
                 threads=plan.threads,
                 early=early,
@@ -223,6 +225,7 @@ def run_sweep(
                 n_trials = settings.n_trials
                 print(ended_note(settings.study_name, budget, ran, ended.finished, n_trials))
             print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
+            figures.close()
             print(browse_hint(tracking, experiment_id))
             if scheduler.stop_reason is not None:
                 raise UserError(f"study {settings.study_name} stopped: {scheduler.stop_reason}")
@@ -236,6 +239,7 @@ def run_sweep(
             )
             raise
         finally:
+            figures.abort()
             with contextlib.suppress(Exception):  # workers are gone: nothing may stay RUNNING
                 recovery.fail_orphans()
             client.set_terminated(parent_run_id, status)

@@ -4,13 +4,23 @@ Each trial is claimed and sampled as in a one-at-a-time worker, becomes a member
 reports its best value to the pruner every epoch, and gets its own MLflow child run with its
 curves, metrics, verdict and artifacts when it ends; its slot then takes the study's next trial
 at the next epoch boundary, so the pack stays full until the study runs out of trials.
+
+A trial's run is opened (config files, the MLflow run, its params: ~30 ms) and closed
+(checkpoint, artifacts, final metrics, tell: ~40 ms) by one writer thread, in order, while the
+pack trains on: on the training thread every pack mate would wait for those writes, which wait
+on SQLite, the journal and the disk with the GIL released. The trial's slot is freed (the
+parent's go-ahead asked) as soon as it stops training; its curves.png is drawn by the sweep's
+parent (study.sweep.curves_writer).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig
@@ -27,9 +37,19 @@ from study.packed import (
     train_pack,
 )
 from study.run import CURVES_FIGURE, OpenRun, RunOutcome, RunPlace, run_note
+from study.secrets import redact
 from study.sweep.claims import TrialHeartbeat
-from study.sweep.curves_writer import CurvesJob, CurvesWriter
-from study.sweep.trials import FAIL, TrialReport, TrialRunner, note_failure, note_run, run_name
+from study.sweep.curves_writer import CurvesJob
+from study.sweep.spec import CurvesDue, Trained
+from study.sweep.trials import (
+    FAIL,
+    TrialReport,
+    TrialRunner,
+    TrialStart,
+    note_failure,
+    note_run,
+    run_name,
+)
 
 
 @dataclass
@@ -38,10 +58,12 @@ class PackedTrial:
 
     trial: optuna.Trial
     cfg: DictConfig
-    run: OpenRun
+    start: TrialStart
     report: TrialReport
     heartbeat: TrialHeartbeat
     started: float
+    run: OpenRun | None = None  # opened by the writer thread
+    open_error: Exception | None = None  # why it could not be
 
 
 class PackRunner:
@@ -59,6 +81,7 @@ class PackRunner:
         self.next_trial = next_trial
         self.base = resolved_config(runner.base)
         self.running: dict[int, PackedTrial] = {}
+        self.writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writes")
 
     def run(self) -> None:
         try:
@@ -71,7 +94,6 @@ class PackRunner:
                 self._fail(trial, error)
             return
         splits = self.prepared.splits
-        self.curves = CurvesWriter(self.runner.store.uri)
         try:
             train_pack(
                 self.next_member,
@@ -82,74 +104,82 @@ class PackRunner:
                 on_member_done=self.on_member_done,
             )
         except BaseException as error:  # Ctrl-C, SIGTERM, a crash: every open run closes
-            self.curves.abort()
+            self.writes.shutdown(wait=True)  # the trials that ended are closed as they ended
             for packed in self.running.values():
                 packed.heartbeat.stop()
-                packed.run.abort(error)
+                if packed.run is not None:
+                    packed.run.abort(error)
             raise
-        self.curves.close()  # every trial's curves.png logged before the worker exits
+        self.writes.shutdown(wait=True)  # every trial closed and told before the worker exits
 
     def next_member(self) -> Member | None:
         """The study's next trial as a member of the pack; None when there is none now. Only a
         pack with no trial of its own may wait for one (it would wait for itself)."""
         while (trial := self.next_trial(not self.running)) is not None:
             try:
-                packed = self._open(trial)
-                return member_of(packed.cfg, key=trial.number, report=packed.report)
+                return self._open(trial)
             except Exception as error:  # this trial fails; the pack takes the next one
                 self._fail(trial, error)
         return None
 
-    def _open(self, trial: optuna.Trial) -> PackedTrial:
+    def _open(self, trial: optuna.Trial) -> Member:
+        """Sample `trial` as a member and start its heartbeat; its run opens off the path."""
         start = self.runner.start(trial)
         cfg = resolved_config(start.cfg)
         cfg.trainer.engine = PACKED  # how its run reproduces: alone through the packed code
-        run = OpenRun(
-            self.place,
-            cfg,
-            start.output_dir,
-            start.overrides,
-            run_name=run_name(trial.number, self.spec.settings.n_trials),
-            tags=start.tags,
-            owns_folder=True,  # its config files and checkpoint, nothing else
-        )
-        try:
-            heartbeat = TrialHeartbeat(self.storage, self.study, trial)
-        except BaseException as error:
-            run.abort(error)
-            raise
-        packed = PackedTrial(
-            trial, cfg, run, self.runner.report(trial), heartbeat, time.perf_counter()
-        )
+        report = self.runner.report(trial)
+        member = member_of(cfg, key=trial.number, report=report)
+        heartbeat = TrialHeartbeat(self.storage, self.study, trial)
+        packed = PackedTrial(trial, cfg, start, report, heartbeat, time.perf_counter())
         self.running[trial.number] = packed
-        return packed
+        self._write(self._open_run, packed)  # nothing after this may fail: it is queued
+        return member
+
+    def _open_run(self, packed: PackedTrial) -> None:
+        try:
+            packed.run = OpenRun(
+                self.place,
+                packed.cfg,
+                packed.start.output_dir,
+                packed.start.overrides,
+                run_name=run_name(packed.trial.number, self.spec.settings.n_trials),
+                tags=packed.start.tags,
+                owns_folder=True,  # its config files and checkpoint, nothing else
+            )
+        except Exception as error:  # the trial trains on, and fails when it ends
+            packed.open_error = error
 
     def on_member_done(self, member: Member) -> None:
-        """Close the trial's run with its outcome and tell the study and the parent."""
+        """Free the trial's slot (the parent's go-ahead for the next trial), then close its run
+        off the pack's path."""
         packed = self.running.pop(member.key)
-        trial, report = packed.trial, packed.report
+        self.runner.emit(Trained(packed.trial.number))
+        self._write(self._close, packed, member, time.perf_counter() - packed.started)
+
+    def _close(self, packed: PackedTrial, member: Member, elapsed: float) -> None:
+        """Close the trial's run with its outcome, and tell the study and the parent."""
+        trial, report, run = packed.trial, packed.report, packed.run
         state, value = FAIL, None
         try:
-            if member.error is not None:
-                raise member.error
-            elapsed = time.perf_counter() - packed.started
-            result = packed_result(
-                packed.cfg, member, self.prepared, packed.run.output_dir, elapsed
-            )
-            done = packed.run.close(result, report.outcome(member.stop_reason), curves=False)
-            note_run(trial, packed.run.run_id, result)
-            self.curves.submit(self._curves_job(done, packed.run, trial.number))
+            if member.error is not None or packed.open_error is not None:
+                raise member.error or packed.open_error  # type: ignore[misc]
+            assert run is not None
+            result = packed_result(packed.cfg, member, self.prepared, run.output_dir, elapsed)
+            done = run.close(result, report.outcome(member.stop_reason), curves=False)
+            note_run(trial, run.run_id, result)
+            self.runner.emit(CurvesDue(asdict(self._curves_job(done, run, trial.number))))
             state, value = report.end(member.stop_reason)
         except Exception as error:  # the run holds the error tag; the pack goes on
-            packed.run.abort(error)
-            trial.set_user_attr("mlflow_run_id", packed.run.run_id)
+            if run is not None:
+                run.abort(error)
+                trial.set_user_attr("mlflow_run_id", run.run_id)
             note_failure(trial, error)
         finally:
             packed.heartbeat.stop()
         self.runner.finish(self.study, trial, state, value)
 
     def _curves_job(self, done: RunOutcome, run: OpenRun, number: int) -> CurvesJob:
-        """The trial's curves.png, drawn off the pack's path (study.sweep.curves_writer)."""
+        """The trial's curves.png, drawn by the sweep's parent (study.sweep.curves_writer)."""
         diagnosis = done.result.diagnosis
         return CurvesJob.of(
             done.run_id,
@@ -162,10 +192,23 @@ class PackRunner:
             run_note(done, CURVES_FIGURE),
         )
 
+    def _write(self, job: Callable[..., None], *args: Any) -> None:
+        """`job(*args)` on the writer thread, after the writes submitted before it."""
+        self.writes.submit(job, *args).add_done_callback(_say_if_failed)
+
     def _fail(self, trial: optuna.Trial, error: Exception) -> None:
         packed = self.running.pop(trial.number, None)
         if packed is not None:
             packed.heartbeat.stop()
-            packed.run.abort(error)
+            if packed.run is not None:
+                packed.run.abort(error)
         note_failure(trial, error)
         self.runner.finish(self.study, trial, FAIL, None)
+
+
+def _say_if_failed(done: Future[None]) -> None:
+    """A write's own errors fail its trial; anything else escaping it (the parent gone) is
+    said in the worker's log, and the writes after it still run."""
+    error = done.exception()
+    if error is not None:
+        print(f"a packed trial's writes failed: {redact(repr(error))}", file=sys.stderr)

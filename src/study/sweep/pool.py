@@ -29,6 +29,7 @@ from study.sweep.spec import (
     Lost,
     Ready,
     Started,
+    Trained,
     decode_event,
     send_command,
 )
@@ -83,6 +84,7 @@ class Worker:
     events: EventPipe
     log_path: Path
     trials: set[int] = field(default_factory=set)  # the trials it runs, as it said
+    freed: set[int] = field(default_factory=set)  # of them, those trained and being closed
     ready: bool = False  # it finished starting up (imports, study loaded)
     exhausted: bool = False  # it found every trial taken and exits
     done: bool = False
@@ -277,10 +279,16 @@ class Scheduler:
                 self._go_on(worker, first=True)
         elif isinstance(event, Started):
             worker.trials.add(event.number)
+        elif isinstance(event, Trained):  # a pack's slot is free: its closing goes on meanwhile
+            worker.freed.add(event.number)
+            self._go_on(worker)
         elif isinstance(event, Finished):
             worker.trials.discard(event.number)
             self.failed_here += event.state == "FAIL"
-            self._go_on(worker)
+            if event.number in worker.freed:
+                worker.freed.discard(event.number)  # its go-ahead went with Trained
+            else:
+                self._go_on(worker)
         elif isinstance(event, Exhausted):
             worker.exhausted = True  # it takes no more trials; nothing to replace it for
         self.on_event(event)

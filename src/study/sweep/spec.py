@@ -136,6 +136,22 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Trained:
+    """A packed trial stopped training: its slot takes the next trial (the go-ahead this
+    asks for) while its run is closed; Finished follows."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class CurvesDue:
+    """A packed trial's curves.png to draw: a study.sweep.curves_writer.CurvesJob, as a dict.
+    The parent's one figure helper draws it, so no worker pays for matplotlib."""
+
+    job: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Finished:
     number: int
     state: str  # COMPLETE, PRUNED or FAIL
@@ -159,9 +175,10 @@ class Lost:
     code: int
 
 
-Event = Ready | Started | Finished | Exhausted | Lost
+Event = Ready | Started | Trained | CurvesDue | Finished | Exhausted | Lost
 _EVENTS: dict[str, type[Any]] = {
-    kind.__name__.lower(): kind for kind in (Ready, Started, Finished, Exhausted, Lost)
+    kind.__name__.lower(): kind
+    for kind in (Ready, Started, Trained, CurvesDue, Finished, Exhausted, Lost)
 }
 
 

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ COMPLETE, PRUNED_STATE, FAIL = (
     optuna.trial.TrialState.PRUNED,
     optuna.trial.TrialState.FAIL,
 )
+
+
+_EMITTING = threading.Lock()  # a packed worker's writer thread emits too
 
 
 class TrialReport:
@@ -99,9 +103,11 @@ class TrialRunner:
         self.client = self.store.client()
 
     def emit(self, event: Event) -> None:
-        # Unbuffered: nothing is left to flush (and fail) at exit once the parent is gone.
+        # Unbuffered: nothing is left to flush (and fail) at exit once the parent is gone. A
+        # line over the pipe's atomic size (a trial's curves) must not interleave with another.
         try:
-            os.write(self.events_fd, (encode_event(event) + "\n").encode())
+            with _EMITTING:
+                os.write(self.events_fd, (encode_event(event) + "\n").encode())
         except BrokenPipeError:
             raise ParentGone(f"worker {self.index}: the sweep's parent is gone: exiting") from None
 
