@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.sweep.curves_writer import CurvesJob, CurvesWriter
+from study.sweep.curves_writer import CurvesFromWorkers, CurvesJob, CurvesWriter
+from study.sweep.spec import CurvesDue
 from study.tracking import NOTE_TAG, Store
 
 HISTORY = [
@@ -47,3 +49,48 @@ def test_a_job_carries_only_the_curves_it_draws() -> None:
     assert [set(row) for row in job("r", Path("x")).history] == [
         {"epoch", "train/loss", "val/loss"}
     ] * 3
+
+
+def _figures_for(
+    tmp_path: Path, trials: int, helpers_at: int
+) -> tuple[Store, list[str], CurvesFromWorkers]:
+    """`trials` runs whose figures the parent heard of (CurvesDue), not yet closed."""
+    store = Store.from_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = store.client()
+    experiment = store.experiment_id(client, "e")
+    runs = [client.create_run(experiment).info.run_id for _ in range(trials)]
+    figures = CurvesFromWorkers(store.uri, helpers_at=helpers_at, most=2)
+    for number, run_id in enumerate(runs):
+        figures.on_event(CurvesDue(asdict(job(run_id, tmp_path / f"trial_{number}"))))
+    return store, runs, figures
+
+
+def _each_has_its_figure(store: Store, runs: list[str]) -> None:
+    client = store.client()
+    for run_id in runs:
+        assert [a.path for a in client.list_artifacts(run_id)] == ["curves.png"]
+        assert client.get_run(run_id).data.tags[NOTE_TAG] == "see curves.png"
+
+
+@pytest.mark.slow
+def test_a_few_figures_are_drawn_by_the_parent_itself_at_the_study_end(tmp_path: Path) -> None:
+    store, runs, figures = _figures_for(tmp_path, trials=2, helpers_at=3)
+    assert (figures.writers, len(figures.waiting)) == ([], 2)  # no helper's start to pay
+    figures.close()
+    _each_has_its_figure(store, runs)
+
+
+@pytest.mark.slow
+def test_many_figures_start_helpers_that_share_them_out(tmp_path: Path) -> None:
+    store, runs, figures = _figures_for(tmp_path, trials=5, helpers_at=3)
+    assert (len(figures.writers), figures.waiting, figures.sent) == (2, [], 5)
+    figures.close()
+    _each_has_its_figure(store, runs)
+
+
+def test_an_aborted_study_draws_nothing_more(tmp_path: Path) -> None:
+    store, runs, figures = _figures_for(tmp_path, trials=2, helpers_at=3)
+    figures.abort()
+    figures.close()
+    client = store.client()
+    assert [client.list_artifacts(run_id) for run_id in runs] == [[], []]

@@ -15,8 +15,10 @@ from helpers import TINY
 from study.errors import UserError
 from study.sweep.definition import check_same_study, encode, study_definition
 from study.sweep.devices import DeviceSlot
-from study.sweep.plan import AUTO_PACK, WORKERS_PER_PLACE, SweepPlan, pack_size
+from study.sweep.plan import AUTO_PACK, WORKERS_PER_PLACE, SweepPlan, pack_size, packed_engine
+from study.sweep.pool import worker_imports
 from study.sweep.space import Param
+from study.sweep.spec import WORKER_MODULE
 
 CORES = os.cpu_count() or 1
 MakePlan = Callable[..., SweepPlan]
@@ -265,6 +267,29 @@ def test_auto_is_capped_per_device_and_lower_for_wide_layers() -> None:
 @pytest.mark.parametrize("param", [WIDTH, OPTIMIZER])
 def test_auto_is_one_when_the_search_changes_what_a_pack_shares(param: Param) -> None:
     assert pack_size("auto", _cfg(), [LR, param], 64, CPU2) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "params", "packed"),
+    [
+        ("auto", [LR, BATCH, DROPOUT], True),  # a study too small to pack: one at a time, packed
+        ("auto", [LR, WIDTH], False),  # its members could not share a pack: Lightning
+        (1, [LR, BATCH, DROPOUT], False),  # asked for: Lightning's one-at-a-time path
+        (2, [LR], True),
+    ],
+)
+def test_auto_trains_in_the_packed_engine_wherever_the_search_lets_it(
+    setting: object, params: list[Param], packed: bool
+) -> None:
+    asked = pack_size(setting, _cfg(), params, 4, CPU2)
+    assert packed_engine(setting, asked, params) is packed
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_a_small_auto_study_starts_its_workers_without_lightning(make_plan: MakePlan) -> None:
+    plan = make_plan("sweep.workers=2", "sweep.n_trials=2")
+    assert (plan.settings.pack, plan.settings.packed) == (1, True)
+    assert worker_imports(plan.settings.packed) == [WORKER_MODULE]
 
 
 def test_a_number_is_taken_as_it_is() -> None:

@@ -1,12 +1,12 @@
-"""Packed trials' curves.png drawn by one helper process per study, off the workers' paths.
+"""Packed trials' curves.png drawn by the sweep's parent and its helpers, off the workers' paths.
 
 Drawing a trial's figure takes 60-80 ms of matplotlib (and importing it a second), which would
 stall every trial training beside it in a pack. So a packed worker sends each finished trial's
-curves to the sweep's parent as an event (spec.CurvesDue), and the parent hands them to one
-low-priority helper process (`python -m study.sweep.curves_writer`, a JSON line per trial on its
-stdin) that draws curves.png, logs it to the trial's run, then rewrites the run's description to
-name it: a description never names a file the run does not have yet. The parent waits for the
-helper while it writes the study's own figures, at the study's end.
+curves to the sweep's parent as an event (spec.CurvesDue), and the parent hands them to
+low-priority helper processes (`python -m study.sweep.curves_writer`, a JSON line per trial on
+their stdin) that draw curves.png, log it to the trial's run, then rewrite the run's description
+to name it: a description never names a file the run does not have yet. The parent waits for
+the helpers after it wrote the study's own figures, at the study's end.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from study.sweep.spec import CurvesDue, Event
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 URI_ENV = (
     "STUDY_CURVES_TRACKING_URI"  # the store, passed in the environment: it may hold a password
@@ -109,16 +112,34 @@ class CurvesWriter:
 
 
 class CurvesFromWorkers:
-    """The parent's side: a helper started at the study's first figure, closed at its end."""
+    """The parent's side. The first figures wait in the parent; once `helpers_at` wait, helper
+    processes start and take them all, round robin. What still waits at the study's end, the
+    parent draws itself (matplotlib is loaded by then): a helper's start (importing matplotlib
+    and MLflow, ~2 s of CPU) costs more than a small study's few figures (60-80 ms each).
 
-    def __init__(self, tracking_uri: str) -> None:
+    Low-priority helpers draw little while the trials train on every core, so most figures are
+    drawn at the study's end: a helper per core, up to `most`, shares them out then.
+    """
+
+    def __init__(self, tracking_uri: str, helpers_at: int = 12, most: int = 4) -> None:
         self.tracking_uri = tracking_uri
-        self.writer: CurvesWriter | None = None
+        self.helpers_at = helpers_at
+        self.helpers = max(1, min(most, os.cpu_count() or 1))
+        self.writers: list[CurvesWriter] = []
+        self.waiting: list[CurvesJob] = []
+        self.sent = 0
 
     def on_event(self, event: Event) -> None:
-        if isinstance(event, CurvesDue):
-            self.writer = self.writer or CurvesWriter(self.tracking_uri)
-            self.writer.submit(CurvesJob(**event.job))
+        if not isinstance(event, CurvesDue):
+            return
+        self.waiting.append(CurvesJob(**event.job))
+        if not self.writers and len(self.waiting) >= self.helpers_at:
+            self.writers = [CurvesWriter(self.tracking_uri) for _ in range(self.helpers)]
+        for job in self.waiting if self.writers else []:
+            self.writers[self.sent % len(self.writers)].submit(job)
+            self.sent += 1
+        if self.writers:
+            self.waiting = []
 
     def then(self, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
         """Hear each event, then pass it on to `on_event`."""
@@ -130,48 +151,61 @@ class CurvesFromWorkers:
         return both
 
     def close(self) -> None:
-        """Every figure sent drawn and logged."""
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        """Every figure sent drawn and logged: those still waiting here by the parent, while
+        the helpers draw theirs."""
+        if self.waiting:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            for job in self.waiting:
+                draw(client, job)
+            self.waiting = []
+        for writer in self.writers:
+            writer.close()
+        self.writers = []
 
     def abort(self) -> None:
         """Figures not drawn yet are not drawn (the study was interrupted)."""
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
+        for writer in self.writers:
+            writer.abort()
+        self.writers, self.waiting = [], []
+
+
+def draw(client: MlflowClient, job: CurvesJob) -> None:
+    """Draw `job`'s curves.png, log it to its run, then name it in the run's description; a
+    figure that fails is reported, not fatal (the others still get theirs)."""
+    from study.plots import plot_curves
+    from study.secrets import redact
+    from study.tracking import NOTE_TAG
+
+    try:
+        path = plot_curves(
+            job.history,
+            Path(job.path),
+            title=job.title,
+            verdict=job.verdict,
+            note=job.reason,
+            baseline=job.baseline,
+        )
+        client.log_artifact(job.run_id, str(path))
+        client.set_tag(job.run_id, NOTE_TAG, redact(job.note))
+    except Exception as error:
+        print(f"curves.png of run {job.run_id} not drawn: {redact(str(error))}", file=sys.stderr)
 
 
 def serve(tracking_uri: str, lines: Iterable[str]) -> int:
-    """Draw and log each job read from `lines`; a figure that fails is reported, not fatal."""
+    """Draw and log each job read from `lines`."""
     os.nice(_NICENESS)
-    # Ctrl-C reaches the whole process group: the worker decides (abort) whether we stop.
+    # Ctrl-C reaches the whole process group: the parent decides (abort) whether we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow.tracking import MlflowClient
 
-    from study.plots import plot_curves
-    from study.secrets import redact
-    from study.tracking import NOTE_TAG, configure_process
+    from study.tracking import configure_process
 
     configure_process()
     client = MlflowClient(tracking_uri)
     for line in lines:
-        job = CurvesJob(**json.loads(line))
-        try:
-            path = plot_curves(
-                job.history,
-                Path(job.path),
-                title=job.title,
-                verdict=job.verdict,
-                note=job.reason,
-                baseline=job.baseline,
-            )
-            client.log_artifact(job.run_id, str(path))
-            client.set_tag(job.run_id, NOTE_TAG, redact(job.note))
-        except Exception as error:  # one trial's figure; the others still get theirs
-            print(
-                f"curves.png of run {job.run_id} not drawn: {redact(str(error))}", file=sys.stderr
-            )
+        draw(client, CurvesJob(**json.loads(line)))
     return 0
 
 

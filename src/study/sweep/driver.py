@@ -145,6 +145,10 @@ def worker_spec(
     )
 
 
+def packed_note(pack: int) -> str:
+    return f", {pack} trials packed in each" if pack > 1 else ", a trial at a time, packed engine"
+
+
 def browse_hint(tracking: TrackingChoice, experiment_id: str) -> str:
     """Where to see the study's runs: its server, or the UI on its store (named unless it is
     the default one, which scripts/ui.py opens by itself)."""
@@ -196,7 +200,7 @@ def run_sweep(
                 f"finished{f', {stale} left RUNNING by a dead sweep failed' if stale else ''}; "
                 f"{len(plan.slots)} workers on {', '.join(sorted({s.label for s in plan.slots}))}"
                 f"{plan.workers_note}"
-                f"{f', {settings.pack} trials packed in each' if settings.packed else ''}"
+                f"{packed_note(settings.pack) if settings.packed else ''}"
                 f"{plan.pack_note}; storage {redact(settings.storage_url)}; "
                 f"MLflow {tracking.describe()}",
                 flush=True,

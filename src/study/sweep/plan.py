@@ -148,14 +148,19 @@ WIDE_LAYER = 256
 GENERATIONS = 8
 
 
+def unpackable(params: list[Param]) -> list[str]:
+    """The searched paths that change what a pack's members share."""
+    return [param.path for param in params if param.is_group or param.path not in PACKABLE]
+
+
 def pack_size(
     setting: Any, cfg: DictConfig, params: list[Param], n_trials: int, slots: list[DeviceSlot]
 ) -> int:
     """`sweep.pack`: a number, or auto (an eighth of the study's trials spread over the workers,
     up to a cap for the device; 1 where the search space changes what a pack must share)."""
-    unpackable = [param.path for param in params if param.is_group or param.path not in PACKABLE]
+    apart = unpackable(params)
     if setting == "auto":
-        if unpackable:
+        if apart:
             return 1
         cap = AUTO_PACK["gpu" if slots[0].device is not None else "cpu"]
         if max(cfg.model.hidden_sizes) >= WIDE_LAYER:
@@ -163,13 +168,21 @@ def pack_size(
         return max(1, min(cap, -(-n_trials // (GENERATIONS * len(slots)))))
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise UserError(f"sweep.pack={setting!r} is out of range: use auto or an integer >= 1")
-    if setting > 1 and unpackable:
+    if setting > 1 and apart:
         raise UserError(
-            f"sweep.pack={setting}: trials that search {unpackable[0]} cannot share a pack "
+            f"sweep.pack={setting}: trials that search {apart[0]} cannot share a pack "
             f"(members share their architecture, optimizer and data; they may differ in "
             f"{', '.join(PACKABLE)}): use sweep.pack=1 or auto"
         )
     return setting
+
+
+def packed_engine(setting: Any, asked: int, params: list[Param]) -> bool:
+    """Whether the trials train in the packed engine: a pack of several, or auto wherever the
+    search lets trials share a pack, even one at a time (a study too small to pack): its
+    workers never import Lightning, ~2 s of a study's start here. `sweep.pack=1` is Lightning's
+    one-at-a-time path."""
+    return asked > 1 or (setting == "auto" and not unpackable(params))
 
 
 def capped_pack(
@@ -276,7 +289,7 @@ def plan_sweep(
             retries=retries,
             heartbeat_s=heartbeat_s,
             pack=pack,
-            packed=asked > 1,
+            packed=packed_engine(settings.get("pack", 1), asked, params),
             params=params,
             overrides=list(overrides),
             config_name=config_name,
