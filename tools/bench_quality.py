@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 from harness import Sweep
 from plain_study import split_rows
 from sklearn.datasets import load_breast_cancer
@@ -50,6 +51,7 @@ class Curve:
     wall: float
     points: list[tuple[float, float]]  # (seconds, value) of each complete trial, in time order
     trials: int
+    blind: int = 0  # trials sampled before TPE had its start-up trials finished: at random
 
     @property
     def best(self) -> float:
@@ -89,7 +91,24 @@ def our_curve(folder: Path, name: str, *overrides: str) -> Curve:
         for t in sweep.trials()
         if t.state.name == "COMPLETE" and t.datetime_complete and t.value is not None
     ]
-    return Curve(name, wall, sorted(ends), sum(t.state in FINISHED for t in sweep.trials()))
+    trials = sweep.trials()
+    return Curve(
+        name, wall, sorted(ends), sum(t.state in FINISHED for t in trials), sampled_blind(trials)
+    )
+
+
+TPE_STARTUP = 10  # TPESampler's n_startup_trials: it counts finished trials only
+
+
+def sampled_blind(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
+    """Trials that started before TPE_STARTUP trials had finished: TPE sampled them at random.
+    With many trials in flight, more than TPE_STARTUP are."""
+    done = [t.datetime_complete for t in trials if t.state in FINISHED]
+    ends = sorted(end for end in done if end is not None)
+    enough = ends[TPE_STARTUP - 1] if len(ends) >= TPE_STARTUP else None
+    return sum(
+        1 for t in trials if t.datetime_start and (enough is None or t.datetime_start < enough)
+    )
 
 
 def plain_curve(folder: Path, n_trials: int, epochs: int) -> Curve:
@@ -181,7 +200,8 @@ def bench_pack_sizes(seeds: int = 2, n_trials: int = 100, epochs: int = 30) -> N
         print(
             f"  sweep.pack={pack:<4} reaches it at {shown} s; best "
             f"{', '.join(f'{c.best:.4f}' for c in curves[pack])}; wall "
-            f"{', '.join(f'{c.wall:.1f}' for c in curves[pack])} s"
+            f"{', '.join(f'{c.wall:.1f}' for c in curves[pack])} s; sampled at random (before "
+            f"{TPE_STARTUP} finished): {', '.join(str(c.blind) for c in curves[pack])}"
         )
 
 
