@@ -252,9 +252,9 @@ def _cfg(hidden_sizes: list[int] | None = None) -> DictConfig:
     return OmegaConf.create({"model": {"hidden_sizes": hidden_sizes or [32, 32]}})
 
 
-def test_auto_packs_an_eighth_of_the_study_spread_over_the_workers() -> None:
-    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 64, CPU2) == 4
-    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 20, CPU2) == 2
+def test_auto_packs_a_twelfth_of_the_study_spread_over_the_workers() -> None:
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 100, CPU2) == 5
+    assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 30, CPU2) == 2
     assert pack_size("auto", _cfg(), [LR, BATCH, DROPOUT], 4, CPU2) == 1
 
 

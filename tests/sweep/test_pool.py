@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from study.errors import UserError
+from study.sweep.budget import Budget
 from study.sweep.devices import DeviceSlot, device_slots, threads_per_worker, visible_gpus
 from study.sweep.pool import EarlyWorkers, EventPipe, Scheduler, Worker
 from study.sweep.spec import Command, Event, Finished, Started, Trained
@@ -186,3 +187,20 @@ def test_a_trial_earns_one_go_ahead_as_soon_as_its_slot_is_free(
     assert _commands_sent(worker) == [Command.TRIAL.value] * go_aheads
     assert (worker.trials, worker.freed) == (set(), set())
     assert scheduler.failed_here == sum(getattr(e, "state", "") == "FAIL" for e in events)
+
+
+@pytest.mark.parametrize(("owed_s", "command"), [(0.0, Command.TRIAL), (120.0, Command.STOP)])
+def test_no_trial_starts_when_the_figures_owed_would_outlast_the_budget(
+    tmp_path: Path, owed_s: float, command: Command
+) -> None:
+    worker = _listening_worker(tmp_path)
+    scheduler = Scheduler(
+        [worker.slot],
+        tmp_path / "spec.json",
+        tmp_path,
+        max_failures=10,
+        budget=Budget.start(60),
+        owed_s=lambda: owed_s,
+    )
+    scheduler._handle(worker, Finished(1, "COMPLETE", 0.5))
+    assert _commands_sent(worker) == [command.value]

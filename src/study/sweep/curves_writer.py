@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ URI_ENV = (
 )
 _KEYS = ("epoch", "train/loss", "val/loss")  # what the figure draws
 _NICENESS = 19  # the lowest priority: the helper draws when the trainers leave a core idle
+FIGURE_GUESS_S = 0.1  # a figure's seconds (drawn and logged), until the helpers have timed one
 
 
 @dataclass(frozen=True)
@@ -66,21 +68,34 @@ class CurvesJob:
 
 
 class CurvesWriter:
-    """The helper process and a thread that feeds it, so `submit` never waits on a full pipe."""
+    """The helper process, a thread that feeds it (`submit` never waits on a full pipe), and a
+    thread that hears each figure drawn and the seconds it took."""
 
     def __init__(self, tracking_uri: str) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "study.sweep.curves_writer"],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, URI_ENV: tracking_uri},
         )
+        self.submitted = 0
+        self.drawn = 0
+        self.drawing_s = 0.0  # the drawn figures' seconds, all together
         self._jobs: queue.SimpleQueue[CurvesJob | None] = queue.SimpleQueue()
         self._feeder = threading.Thread(target=self._feed, name="curves-feeder", daemon=True)
         self._feeder.start()
+        self._hearer = threading.Thread(target=self._hear, name="curves-hearer", daemon=True)
+        self._hearer.start()
 
     def submit(self, job: CurvesJob) -> None:
+        self.submitted += 1
         self._jobs.put(job)
+
+    @property
+    def backlog(self) -> int:
+        """Figures submitted and not drawn yet."""
+        return self.submitted - self.drawn
 
     def close(self, timeout_s: float = 300) -> None:
         """Wait until every submitted figure is drawn and logged (or `timeout_s` passed)."""
@@ -91,9 +106,10 @@ class CurvesWriter:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        self._hearer.join(timeout_s)
 
     def abort(self) -> None:
-        """Stop now (the worker is being stopped): figures not drawn yet are not drawn."""
+        """Stop now (the study is being stopped): figures not drawn yet are not drawn."""
         self._process.kill()
         self._process.wait()
 
@@ -109,6 +125,14 @@ class CurvesWriter:
         finally:
             with contextlib.suppress(OSError):
                 stdin.close()
+
+    def _hear(self) -> None:
+        stdout: IO[str] | None = self._process.stdout
+        assert stdout is not None
+        with contextlib.suppress(ValueError, OSError):
+            for line in stdout:  # a line per figure: the seconds it took
+                self.drawing_s += float(line)
+                self.drawn += 1
 
 
 class CurvesFromWorkers:
@@ -140,6 +164,14 @@ class CurvesFromWorkers:
             self.sent += 1
         if self.writers:
             self.waiting = []
+
+    def backlog_s(self) -> float:
+        """Seconds of drawing still ahead: the figures waiting or being drawn, at the pace the
+        helpers kept so far (a first guess before they drew any). A time budget counts it."""
+        drawn = sum(writer.drawn for writer in self.writers)
+        each = sum(writer.drawing_s for writer in self.writers) / drawn if drawn else FIGURE_GUESS_S
+        left = len(self.waiting) + sum(writer.backlog for writer in self.writers)
+        return left * each / max(1, len(self.writers))
 
     def then(self, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
         """Hear each event, then pass it on to `on_event`."""
@@ -205,7 +237,9 @@ def serve(tracking_uri: str, lines: Iterable[str]) -> int:
     configure_process()
     client = MlflowClient(tracking_uri)
     for line in lines:
+        started = time.perf_counter()
         draw(client, CurvesJob(**json.loads(line)))
+        print(f"{time.perf_counter() - started:.4f}", flush=True)  # to CurvesWriter._hear
     return 0
 
 

@@ -217,6 +217,7 @@ def run_sweep(
                 threads=plan.threads,
                 early=early,
                 budget=budget,
+                owed_s=figures.backlog_s,
             )
             plotting = import_plotting_meanwhile()
             if tally.finished < settings.n_trials:

@@ -144,8 +144,12 @@ WIDE_LAYER = 256
 # than one at a time. With an eighth of the study in flight, the lecture study's best val/loss
 # averaged 0.105 over 15 runs (a quarter: 0.107 over 10; one at a time: 0.101 over 15), and the
 # study ended sooner (1.42x one at a time's trials/min, a quarter 1.31x): the pruner, which waits
-# for as many finished trials as run at once, starts sooner.
-GENERATIONS = 8
+# for as many finished trials as run at once, starts sooner. On the peer study (100 trials, 2
+# workers, `python tools/bench.py pack-sizes`), a pack of 4 per worker reached the plain loop's
+# best soonest (5.5-5.9 s; 2: 5.6-6.5, 8: 6.3-6.5, 16: 6.8, 1: 7.6-9.2): TPE samples at random
+# until 10 trials have finished, and with 32 in flight it had sampled 48 of the 100 blind (4 per
+# worker: 24-26). So a twelfth of the study is in flight (5 per worker there).
+GENERATIONS = 12
 
 
 def unpackable(params: list[Param]) -> list[str]:
@@ -156,7 +160,7 @@ def unpackable(params: list[Param]) -> list[str]:
 def pack_size(
     setting: Any, cfg: DictConfig, params: list[Param], n_trials: int, slots: list[DeviceSlot]
 ) -> int:
-    """`sweep.pack`: a number, or auto (an eighth of the study's trials spread over the workers,
+    """`sweep.pack`: a number, or auto (a twelfth of the study's trials spread over the workers,
     up to a cap for the device; 1 where the search space changes what a pack must share)."""
     apart = unpackable(params)
     if setting == "auto":

@@ -247,6 +247,7 @@ class Scheduler:
 
     early: EarlyWorkers | None = None  # workers started while the parent opened the study
     budget: Budget = field(default_factory=Budget)  # sweep.timeout: no trial starts after it
+    owed_s: Callable[[], float] = lambda: 0.0  # work the study owes before it ends (figures)
 
     def __post_init__(self) -> None:
         self.threads = self.threads or threads_per_worker(len(self.slots))
@@ -269,7 +270,7 @@ class Scheduler:
                 f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
                 f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
             )
-        out_of_time = not first and self.budget.spent()
+        out_of_time = not first and self.budget.spent(self.owed_s())
         worker.send(Command.STOP if self.stop_reason or out_of_time else Command.TRIAL)
 
     def _handle(self, worker: Worker, event: Event) -> None:
