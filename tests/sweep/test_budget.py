@@ -52,10 +52,3 @@ def test_the_time_left_is_the_timeout_less_the_time_spent() -> None:
 @pytest.mark.parametrize("value", [None, 0.5, 7, 3600.0])
 def test_check_timeout_keeps_null_and_positive_seconds(value: float | None) -> None:
     assert check_timeout(value) == value
-
-
-def test_work_the_study_still_owes_counts_against_the_budget() -> None:
-    budget = Budget.start(60)
-    assert not budget.spent(owed_s=30)  # 30 s of figures fit in the minute left
-    assert budget.spent(owed_s=61)  # they would not: no trial starts now
-    assert not Budget().spent(owed_s=1e9)  # no budget

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study.sweep.curves_writer import FIGURE_GUESS_S, CurvesFromWorkers, CurvesJob, CurvesWriter
+from study.sweep.curves_writer import CurvesFromWorkers, CurvesJob, CurvesWriter
 from study.sweep.spec import CurvesDue
 from study.tracking import NOTE_TAG, Store
 
@@ -39,7 +39,6 @@ def test_each_figure_is_logged_then_its_run_described_and_a_bad_one_skipped(
         writer.submit(job(run_id, tmp_path / f"trial_{number}"))
     writer.close()
     assert (writer.drawn, writer.backlog) == (3, 0)  # each heard, the failed one too
-    assert writer.drawing_s > 0
     for number, run_id in enumerate(runs):
         assert [a.path for a in MlflowClient(store.uri).list_artifacts(run_id)] == ["curves.png"]
         assert client.get_run(run_id).data.tags[NOTE_TAG] == "see curves.png"
@@ -78,7 +77,7 @@ def _each_has_its_figure(store: Store, runs: list[str]) -> None:
 def test_a_few_figures_are_drawn_by_the_parent_itself_at_the_study_end(tmp_path: Path) -> None:
     store, runs, figures = _figures_for(tmp_path, trials=2, helpers_at=3)
     assert (figures.writers, len(figures.waiting)) == ([], 2)  # no helper's start to pay
-    assert figures.backlog_s() == pytest.approx(2 * FIGURE_GUESS_S)  # what a budget counts
+    assert (figures.backlog(), figures.too_far_behind()) == (2, False)
     figures.close()
     _each_has_its_figure(store, runs)
 
@@ -89,7 +88,13 @@ def test_many_figures_start_helpers_that_share_them_out(tmp_path: Path) -> None:
     assert (len(figures.writers), figures.waiting, figures.sent) == (2, [], 5)
     figures.close()
     _each_has_its_figure(store, runs)
-    assert figures.backlog_s() == 0
+    assert figures.backlog() == 0
+
+
+def test_figures_fall_too_far_behind_past_six_a_helper(tmp_path: Path) -> None:
+    _, _, figures = _figures_for(tmp_path, trials=14, helpers_at=3)
+    assert figures.backlog() > 12 and figures.too_far_behind()  # just sent: none drawn yet
+    figures.abort()
 
 
 def test_an_aborted_study_draws_nothing_more(tmp_path: Path) -> None:

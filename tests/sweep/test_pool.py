@@ -189,10 +189,8 @@ def test_a_trial_earns_one_go_ahead_as_soon_as_its_slot_is_free(
     assert scheduler.failed_here == sum(getattr(e, "state", "") == "FAIL" for e in events)
 
 
-@pytest.mark.parametrize(("owed_s", "command"), [(0.0, Command.TRIAL), (120.0, Command.STOP)])
-def test_no_trial_starts_when_the_figures_owed_would_outlast_the_budget(
-    tmp_path: Path, owed_s: float, command: Command
-) -> None:
+def test_under_a_budget_a_go_ahead_waits_while_the_figures_catch_up(tmp_path: Path) -> None:
+    behind = [True]
     worker = _listening_worker(tmp_path)
     scheduler = Scheduler(
         [worker.slot],
@@ -200,7 +198,26 @@ def test_no_trial_starts_when_the_figures_owed_would_outlast_the_budget(
         tmp_path,
         max_failures=10,
         budget=Budget.start(60),
-        owed_s=lambda: owed_s,
+        hold=lambda: behind[0],
     )
-    scheduler._handle(worker, Finished(1, "COMPLETE", 0.5))
-    assert _commands_sent(worker) == [command.value]
+    scheduler.workers.append(worker)
+    scheduler._handle(worker, Trained(1))
+    scheduler._release()
+    assert worker.held == 1  # nothing sent while the figures are behind
+    behind[0] = False
+    scheduler._release()
+    assert (worker.held, _commands_sent(worker)) == (0, [Command.TRIAL.value])
+
+
+def test_a_go_ahead_held_when_the_budget_runs_out_becomes_a_stop(tmp_path: Path) -> None:
+    worker = _listening_worker(tmp_path)
+    budget = Budget.start(60)
+    scheduler = Scheduler(
+        [worker.slot], tmp_path / "spec.json", tmp_path, max_failures=10, budget=budget
+    )
+    scheduler.hold = lambda: True
+    scheduler.workers.append(worker)
+    scheduler._handle(worker, Trained(1))
+    scheduler.budget = Budget.start(60, time.monotonic() - 61)  # spent meanwhile
+    scheduler._release()
+    assert (worker.held, _commands_sent(worker)) == (0, [Command.STOP.value])

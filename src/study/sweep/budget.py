@@ -5,15 +5,13 @@ they are not stopped at the next epoch boundary. A trial cut short would enter t
 value that is not its early-stopping point (pruned: the pruner's statistics and TPE's "bad"
 group take a truncated curve as a hopeless one; failed: it would be retried, its epochs spent
 twice), and its run would hold a curve that no rerun of its config reproduces. Finishing costs
-at most one trial's (one pack's) length past the budget.
+at most one trial's (one pack's) length past the budget, and the figures of the packed trials
+in flight: under a budget, no trial starts while the study's figures are behind
+(study.sweep.curves_writer.CurvesFromWorkers.too_far_behind), so no drawing backlog is left.
 
 Each worker takes its first trial (fills its pack once) whatever the clock says: a session
 always makes progress, so a rerun (which gets a fresh budget) moves the study on even when the
 budget is shorter than the start-up, and the overshoot keeps the same bound.
-
-Work the study owes before it can end counts against the budget: the packed trials' figures
-still to draw (study.sweep.curves_writer). A packed study on 2 cores finishes ~20 trials a second
-and its figures take 60-80 ms each, so without it a 60 s budget drew figures for another minute.
 
 The clock is this host's, from the moment this host's sweep started: hosts that join a study
 late each search for `sweep.timeout` seconds of their own. `time.monotonic()` reads one clock
@@ -58,10 +56,8 @@ class Budget:
             return cls()
         return cls(timeout_s, (time.monotonic() if started is None else started) + timeout_s)
 
-    def spent(self, owed_s: float = 0.0) -> bool:
-        """Whether the budget is spent, counting `owed_s` seconds of work the study still owes
-        before it can end (its trials' figures)."""
-        return self.deadline is not None and time.monotonic() + owed_s >= self.deadline
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def left_s(self) -> float | None:
         """Seconds left (0 once spent); None without a budget."""

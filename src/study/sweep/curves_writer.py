@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ URI_ENV = (
 )
 _KEYS = ("epoch", "train/loss", "val/loss")  # what the figure draws
 _NICENESS = 19  # the lowest priority: the helper draws when the trainers leave a core idle
-FIGURE_GUESS_S = 0.1  # a figure's seconds (drawn and logged), until the helpers have timed one
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class CurvesJob:
 
 class CurvesWriter:
     """The helper process, a thread that feeds it (`submit` never waits on a full pipe), and a
-    thread that hears each figure drawn and the seconds it took."""
+    thread that hears each figure drawn."""
 
     def __init__(self, tracking_uri: str) -> None:
         self._process = subprocess.Popen(
@@ -81,7 +79,6 @@ class CurvesWriter:
         )
         self.submitted = 0
         self.drawn = 0
-        self.drawing_s = 0.0  # the drawn figures' seconds, all together
         self._jobs: queue.SimpleQueue[CurvesJob | None] = queue.SimpleQueue()
         self._feeder = threading.Thread(target=self._feed, name="curves-feeder", daemon=True)
         self._feeder.start()
@@ -130,8 +127,7 @@ class CurvesWriter:
         stdout: IO[str] | None = self._process.stdout
         assert stdout is not None
         with contextlib.suppress(ValueError, OSError):
-            for line in stdout:  # a line per figure: the seconds it took
-                self.drawing_s += float(line)
+            for _ in stdout:  # a line per figure drawn
                 self.drawn += 1
 
 
@@ -165,13 +161,15 @@ class CurvesFromWorkers:
         if self.writers:
             self.waiting = []
 
-    def backlog_s(self) -> float:
-        """Seconds of drawing still ahead: the figures waiting or being drawn, at the pace the
-        helpers kept so far (a first guess before they drew any). A time budget counts it."""
-        drawn = sum(writer.drawn for writer in self.writers)
-        each = sum(writer.drawing_s for writer in self.writers) / drawn if drawn else FIGURE_GUESS_S
-        left = len(self.waiting) + sum(writer.backlog for writer in self.writers)
-        return left * each / max(1, len(self.writers))
+    def backlog(self) -> int:
+        """Figures heard of and not drawn yet."""
+        return len(self.waiting) + sum(writer.backlog for writer in self.writers)
+
+    def too_far_behind(self) -> bool:
+        """More figures owed than the helpers draw in half a second or so: under a time budget
+        no trial starts meanwhile (study.sweep.pool.Scheduler.hold), so that the study ends
+        with its budget, not a drawing backlog later."""
+        return self.backlog() > max(self.helpers_at, 6 * len(self.writers))
 
     def then(self, on_event: Callable[[Event], None]) -> Callable[[Event], None]:
         """Hear each event, then pass it on to `on_event`."""
@@ -236,10 +234,10 @@ def serve(tracking_uri: str, lines: Iterable[str]) -> int:
 
     configure_process()
     client = MlflowClient(tracking_uri)
+
     for line in lines:
-        started = time.perf_counter()
         draw(client, CurvesJob(**json.loads(line)))
-        print(f"{time.perf_counter() - started:.4f}", flush=True)  # to CurvesWriter._hear
+        print("drawn", flush=True)  # to CurvesWriter._hear
     return 0
 
 

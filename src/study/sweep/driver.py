@@ -217,7 +217,8 @@ def run_sweep(
                 threads=plan.threads,
                 early=early,
                 budget=budget,
-                owed_s=figures.backlog_s,
+                # Under a budget, trials wait for their figures: the study ends with its budget.
+                hold=figures.too_far_behind if budget.deadline is not None else lambda: False,
             )
             plotting = import_plotting_meanwhile()
             if tally.finished < settings.n_trials:

@@ -85,6 +85,7 @@ class Worker:
     log_path: Path
     trials: set[int] = field(default_factory=set)  # the trials it runs, as it said
     freed: set[int] = field(default_factory=set)  # of them, those trained and being closed
+    held: int = 0  # go-aheads it earned and waits for while the study's figures catch up
     ready: bool = False  # it finished starting up (imports, study loaded)
     exhausted: bool = False  # it found every trial taken and exits
     done: bool = False
@@ -247,7 +248,8 @@ class Scheduler:
 
     early: EarlyWorkers | None = None  # workers started while the parent opened the study
     budget: Budget = field(default_factory=Budget)  # sweep.timeout: no trial starts after it
-    owed_s: Callable[[], float] = lambda: 0.0  # work the study owes before it ends (figures)
+    # Whether the study owes too much closing work (its figures) to start a trial now.
+    hold: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         self.threads = self.threads or threads_per_worker(len(self.slots))
@@ -270,8 +272,18 @@ class Scheduler:
                 f"{self.failed_here} trials failed (sweep.max_failures={self.max_failures}): "
                 f"see the error tag of the failed runs and the worker logs in {self.log_dir}"
             )
-        out_of_time = not first and self.budget.spent(self.owed_s())
+        out_of_time = not first and self.budget.spent()
+        if not (first or self.stop_reason or out_of_time) and self.hold():
+            worker.held += 1  # given by _release once the figures caught up
+            return
         worker.send(Command.STOP if self.stop_reason or out_of_time else Command.TRIAL)
+
+    def _release(self) -> None:
+        """The go-aheads held back, once the figures caught up (or the budget ran out)."""
+        for worker in self.workers:
+            while worker.held and not worker.done and (self.budget.spent() or not self.hold()):
+                worker.held -= 1
+                self._go_on(worker)
 
     def _handle(self, worker: Worker, event: Event) -> None:
         if isinstance(event, Ready):
@@ -301,7 +313,9 @@ class Scheduler:
             if self.early:
                 self.early.stop_the_rest()  # more than the trials left need
             while any(not worker.done for worker in self.workers):
-                for key, _ in self.selector.select(timeout=1.0):
+                # Figures catch up without an event to wake us: look again soon while held.
+                held = any(worker.held for worker in self.workers)
+                for key, _ in self.selector.select(timeout=0.05 if held else 1.0):
                     worker = key.data
                     lines = worker.events.read_lines()
                     if lines is None:  # the worker closed its end: it exited
@@ -311,6 +325,7 @@ class Scheduler:
                 for worker in list(self.workers):
                     if not worker.done and worker.process.poll() is not None:
                         self._retire(worker)
+                self._release()
         finally:
             self.shutdown()
 
