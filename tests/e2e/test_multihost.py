@@ -35,11 +35,14 @@ from study.ui import server_env
 RUN = Path(__file__).resolve().parents[2] / "scripts" / "run.py"
 STUDY = "multihost"
 N_TRIALS = 6
-# Trials of a few seconds: long enough to kill a host mid-trial, short enough for a test.
+# Trials of a few seconds: long enough to kill a host mid-trial, and for every host to have
+# started before the first packs end (a slot takes the next trial the moment its trial stops
+# training: with 25 epochs, two busy hosts once took every trial before a loaded third started),
+# short enough for a test.
 TRIAL = [
     "data.n_samples=400",
     "model.hidden_sizes=[8]",
-    "trainer.max_epochs=25",
+    "trainer.max_epochs=80",
     "trainer.early_stopping.enabled=false",
 ]
 PARENT_TAG = "mlflow.parentRunId"
