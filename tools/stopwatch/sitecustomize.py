@@ -55,7 +55,7 @@ if FOLDER:
     from study.sweep import packs, trials
 
     classes = {"PackRunner": packs.PackRunner, "TrialReport": trials.TrialReport}
-    totals = collections.defaultdict(float)
+    totals: collections.defaultdict[str, float] = collections.defaultdict(float)
     for name, owner, attribute in CALLS:
         cls = classes[owner]
         setattr(cls, attribute, stopwatch(totals, name, getattr(cls, attribute)))
