@@ -90,7 +90,10 @@ class Sweep:
     def trials(self) -> list[optuna.trial.FrozenTrial]:
         if "://" not in self.storage and not Path(self.storage).exists():
             return []
-        return self.study().get_trials(deepcopy=False)
+        try:
+            return self.study().get_trials(deepcopy=False)
+        except KeyError:  # the journal is there, the study not yet: its parent is creating it
+            return []
 
     def finished(self) -> int:
         return sum(t.state in FINISHED for t in self.trials())

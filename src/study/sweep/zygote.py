@@ -220,9 +220,10 @@ def serve(control: socket.socket, parent: int, preload: Sequence[str]) -> int:
             if not message:
                 return 0  # the sweep closed its end: no more workers
             request = json.loads(message)
+            server = os.getpid()
             pid = os.fork()
             if pid == 0:
-                become_worker(control, request, fds, (wake_read, wake_write))
+                become_worker(control, request, fds, (wake_read, wake_write), server)
             for fd in fds:
                 os.close(fd)
             control.send(json.dumps({"forked": pid}).encode())
@@ -244,7 +245,11 @@ def report_exits(control: socket.socket) -> None:
 
 
 def become_worker(
-    control: socket.socket, request: dict, fds: list[int], server_fds: Sequence[int]
+    control: socket.socket,
+    request: dict,
+    fds: list[int],
+    server_fds: Sequence[int],
+    server: int,
 ) -> NoReturn:
     """In the forked child: take the worker's pipes, log and environment, run it, and exit
     (never return into the server's loop)."""
@@ -256,7 +261,9 @@ def become_worker(
             os.close(fd)
         control.close()
         os.setsid()  # as a worker started directly: a session of its own
-        die_with_parent(os.getppid())  # the server; the worker sets it again once started
+        # The server's pid from before the fork: had it died since, getppid() would name the
+        # process that adopted us, and the worker would outlive its sweep, waiting for "start".
+        die_with_parent(server)  # the worker sets it again once started
         stdin_read, events_fd = fds
         os.dup2(stdin_read, 0)
         os.close(stdin_read)
