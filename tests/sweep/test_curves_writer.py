@@ -1,4 +1,5 @@
-"""study.sweep.curves_writer: trials' figures drawn and logged by a helper process."""
+"""study.sweep.curves_writer: packed trials' figures drawn and logged by the sweep's parent and
+its helper processes."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from study.sweep.curves_writer import CurvesFromWorkers, CurvesJob, CurvesWriter
+from study.sweep.curves_writer import CurvesFromWorkers, CurvesJob
 from study.sweep.spec import CurvesDue
 from study.tracking import NOTE_TAG, Store
 
@@ -23,27 +23,6 @@ def job(run_id: str, folder: Path) -> CurvesJob:
     return CurvesJob.of(
         run_id, folder / "curves.png", "trial 1", "good", "why", 0.69, HISTORY, "see curves.png"
     )
-
-
-@pytest.mark.slow
-def test_each_figure_is_logged_then_its_run_described_and_a_bad_one_skipped(
-    tmp_path: Path,
-) -> None:
-    store = Store.from_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    client = store.client()
-    experiment = store.experiment_id(client, "e")
-    runs = [client.create_run(experiment).info.run_id for _ in range(2)]
-    writer = CurvesWriter(store.uri)
-    writer.submit(job("0" * 32, tmp_path / "missing"))  # no such run: reported, not fatal
-    for number, run_id in enumerate(runs):
-        writer.submit(job(run_id, tmp_path / f"trial_{number}"))
-    writer.close()
-    assert (writer.drawn, writer.backlog) == (3, 0)  # each heard, the failed one too
-    for number, run_id in enumerate(runs):
-        assert [a.path for a in MlflowClient(store.uri).list_artifacts(run_id)] == ["curves.png"]
-        assert client.get_run(run_id).data.tags[NOTE_TAG] == "see curves.png"
-        png = tmp_path / f"trial_{number}" / "curves.png"
-        assert png.read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_job_carries_only_the_curves_it_draws() -> None:
@@ -83,12 +62,19 @@ def test_a_few_figures_are_drawn_by_the_parent_itself_at_the_study_end(tmp_path:
 
 
 @pytest.mark.slow
-def test_many_figures_start_helpers_that_share_them_out(tmp_path: Path) -> None:
+def test_many_figures_start_helpers_that_share_them_out_and_skip_a_bad_one(
+    tmp_path: Path,
+) -> None:
     store, runs, figures = _figures_for(tmp_path, trials=5, helpers_at=3)
     assert (len(figures.writers), figures.waiting, figures.sent) == (2, [], 5)
+    figures.on_event(CurvesDue(asdict(job("0" * 32, tmp_path / "missing"))))  # no such run
+    writers = figures.writers
     figures.close()
-    _each_has_its_figure(store, runs)
+    _each_has_its_figure(store, runs)  # the bad one reported, not fatal
+    assert [writer.drawn for writer in writers] == [3, 3]  # each heard, the bad one too
     assert figures.backlog() == 0
+    for number in range(5):
+        assert (tmp_path / f"trial_{number}" / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_figures_fall_too_far_behind_past_six_a_helper(tmp_path: Path) -> None:
