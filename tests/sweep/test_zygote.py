@@ -4,18 +4,24 @@ and death with the sweep."""
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers import tiny
+from study.paths import CONF_DIR
 from study.sweep.devices import DeviceSlot
 from study.sweep.pool import EarlyWorkers, Worker, start_worker
 from study.sweep.spec import WORKER_MODULE
 from study.sweep.zygote import ZYGOTE_MODULE, ForkServer
+from study.tracking import Store
 
 SLOT = DeviceSlot(0, None)
 
@@ -100,3 +106,46 @@ def test_an_unneeded_fork_server_leaves_no_trace(tmp_path: Path) -> None:
     assert process.poll() is not None
     assert time.monotonic() - started < 20  # it was not waited for to finish importing
     assert not sweep_dir.exists()
+
+
+# What a packed worker does on its first trial, after the fork server's imports: train and
+# checkpoint a pack member, and track a run in an MLflow database.
+FIRST_TRIAL = """
+import importlib, sys
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from study.packed import PACKED, fit_packed
+from study.sweep.pool import worker_imports
+for name in worker_imports(packed=True):
+    importlib.import_module(name)
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    cfg = compose("train", overrides=sys.argv[4:])
+cfg.trainer.engine = PACKED
+before = set(sys.modules)
+client = MlflowClient(sys.argv[2])
+run = client.create_run("0")
+from study.data import prepare_data
+fit_packed(cfg, Path(sys.argv[3]), prepare_data(cfg))
+client.log_metric(run.info.run_id, "val/loss", 0.5)
+heavy = ("torch", "mlflow", "optuna", "sqlalchemy", "lightning", "pytorch_lightning")
+print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy))
+"""
+
+
+def test_the_server_preloads_what_a_packed_workers_first_trial_imports(tmp_path: Path) -> None:
+    # torch.optim's first optimizer imports torch._dynamo, an MLflow client on a database its
+    # SQL store: left out of the preload, every forked worker imported them again (~2 s each).
+    store = Store.from_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.client()  # the study's store, made by the parent before its workers start
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_TRIAL, str(CONF_DIR), store.uri, str(tmp_path), *tiny()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    # What is left is a few small modules (the SQLite dialect, torch.save's; ~10 ms), against
+    # ~500 (torch._dynamo, SQLAlchemy's ORM, MLflow's SQL store) without the preload.
+    assert len(imported) < 50, imported
