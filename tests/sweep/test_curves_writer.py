@@ -3,12 +3,15 @@ its helper processes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from study.sweep.curves_writer import CurvesFromWorkers, CurvesJob
+from study.sweep.curves_writer import DRAWN, CurvesFromWorkers, CurvesJob
 from study.sweep.spec import CurvesDue
 from study.tracking import NOTE_TAG, Store
 
@@ -29,6 +32,25 @@ def test_a_job_carries_only_the_curves_it_draws() -> None:
     assert [set(row) for row in job("r", Path("x")).history] == [
         {"epoch", "train/loss", "val/loss"}
     ] * 3
+
+
+HELPER = """
+import io, sys
+from study.sweep.curves_writer import serve
+serve(io.StringIO(sys.argv[1] + "\\n"))
+print(sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "optuna", "torch", "sqlalchemy"}))
+"""
+
+
+def test_a_helper_only_draws_importing_no_mlflow_optuna_or_torch(tmp_path: Path) -> None:
+    # Its start is matplotlib's import (~0.4 s of CPU), not MLflow's and its SQL store's (~2.6 s).
+    line = json.dumps(asdict(job("r", tmp_path)))
+    result = subprocess.run(
+        [sys.executable, "-c", HELPER, line], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [DRAWN, "[]"], result.stdout
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def _figures_for(
