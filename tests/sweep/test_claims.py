@@ -187,6 +187,15 @@ def test_a_trial_whose_worker_died_is_retried_as_often_as_sweep_retries_allows(
     assert len(failed) == retries + 1
     assert {t.params["x"] for t in failed} == {failed[0].params["x"]}
     assert recovery.retried == retries
+    # None had opened its run (as a packed worker killed at once): each gets a KILLED one.
+    runs = mlflow_client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == [t.number for t in failed]
+    for run in runs:
+        assert run.info.status == "KILLED"
+        assert run.data.params == {"x": str(failed[0].params["x"])}
+        assert run.data.tags["error"].startswith("its worker process died")
 
 
 def test_a_trial_whose_claimer_died_before_naming_itself_is_failed_by_the_next_claim(

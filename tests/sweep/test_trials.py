@@ -9,8 +9,9 @@ import optuna
 import pytest
 
 from study.epochs import DIVERGED, EARLY_STOPPED, PRUNED
+from study.sweep.claims import run_name
 from study.sweep.spec import Ready
-from study.sweep.trials import TrialReport, TrialRunner, run_name
+from study.sweep.trials import TrialReport, TrialRunner
 
 
 @pytest.mark.parametrize(

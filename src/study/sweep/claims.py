@@ -123,3 +123,8 @@ class TrialHeartbeat:
         self.stopped.set()
         if self.thread is not None:
             self.thread.join()
+
+
+def run_name(number: int, n_trials: int) -> str:
+    """`trial 007`: padded to the digits of n_trials, so names sort as numbers do."""
+    return f"trial {number:0{len(str(max(n_trials - 1, 0)))}d}"

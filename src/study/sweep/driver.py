@@ -180,7 +180,9 @@ def run_sweep(
     lock = StudyLock(settings.storage_url, settings.study_name)
     with lock.held():  # hosts starting at the same moment: one parent run for the study
         experiment_id, parent_run_id = open_parent_run(study, store, client, plan, cfg)
-    recovery = Recovery(study, lock, client, experiment_id, parent_run_id, settings.retries)
+    recovery = Recovery(
+        study, lock, client, experiment_id, parent_run_id, settings.retries, settings.n_trials
+    )
     # A scheduler's SIGTERM stops the sweep like Ctrl-C: workers stop, runs close KILLED; a
     # second signal does not cut that short.
     figures = CurvesFromWorkers(store.uri)  # packed trials' curves.png, drawn meanwhile

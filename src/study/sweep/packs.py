@@ -38,7 +38,7 @@ from study.packed import (
 )
 from study.run import CURVES_FIGURE, OpenRun, RunOutcome, RunPlace, run_note
 from study.secrets import redact
-from study.sweep.claims import TrialHeartbeat
+from study.sweep.claims import TrialHeartbeat, run_name
 from study.sweep.curves_writer import CurvesJob
 from study.sweep.spec import CurvesDue, Trained
 from study.sweep.trials import (
@@ -48,7 +48,6 @@ from study.sweep.trials import (
     TrialStart,
     note_failure,
     note_run,
-    run_name,
 )
 
 

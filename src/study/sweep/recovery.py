@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from study.sweep.backends import StudyLock
-from study.sweep.claims import HOST, RUNNING, fail_unclaimed
+from study.sweep.claims import HOST, RUNNING, fail_unclaimed, run_name
 from study.sweep.spec import WORKER_MODULE
 
 
@@ -64,19 +67,21 @@ def is_sweep_worker(pid: int) -> bool:
 
 def close_trial_runs(
     client: MlflowClient, experiment_id: str, parent_run_id: str, number: int, reason: str
-) -> None:
-    """Close the trial's MLflow runs still RUNNING as KILLED, saying why."""
+) -> int:
+    """Close the trial's MLflow runs still RUNNING as KILLED, saying why; how many runs the
+    trial has, closed or not."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
-            f"tags.trial_number = '{number}' and tags.mlflow.parentRunId = '{parent_run_id}' "
-            "and attributes.status = 'RUNNING'"
+            f"tags.trial_number = '{number}' and tags.mlflow.parentRunId = '{parent_run_id}'"
         ),
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "trial_state", "FAIL")
-        client.set_tag(run.info.run_id, "error", reason)
-        client.set_terminated(run.info.run_id, "KILLED")
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "trial_state", "FAIL")
+            client.set_tag(run.info.run_id, "error", reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Recovery:
     experiment_id: str
     parent_run_id: str
     retries: int
+    n_trials: int = 0  # the study's, for its runs' names (claims.run_name)
     retried: int = 0  # retries queued by this process
 
     def fail(self, number: int, reason: str) -> None:
@@ -99,13 +105,36 @@ class Recovery:
             with contextlib.suppress(ValueError, RuntimeError):  # another host got there first
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL)
                 failed_here = True
-        close_trial_runs(self.client, self.experiment_id, self.parent_run_id, number, reason)
+        runs = close_trial_runs(
+            self.client, self.experiment_id, self.parent_run_id, number, reason
+        )
+        if failed_here and not runs:  # its worker died before the run was opened
+            self.record_without_run(trial, reason)
         # Whoever failed it retries it: a trial told COMPLETE just before its worker died, or
         # failed as stale by another host (which queued its retry), is not retried again.
         origin = trial.user_attrs.get("retry_of", number)
         if failed_here and retries_of(self.study, origin) < self.retries:
             retry_trial(self.study, trial, self.lock)
             self.retried += 1
+
+    def record_without_run(self, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+        """A KILLED child run for a trial whose worker died before opening its run (a packed
+        worker opens it off the training path): every trial the study ran has its run, with
+        its parameters and why it failed."""
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+            "study": self.study.study_name,
+            "trial_number": str(trial.number),
+            "trial_state": "FAIL",
+            "error": f"{reason}, before its run was opened",
+        }
+        with contextlib.suppress(MlflowException):  # an MLflow gone too: the study goes on
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=run_name(trial.number, self.n_trials), tags=tags
+            ).info.run_id
+            params = [Param(name, str(value)) for name, value in trial.params.items()]
+            self.client.log_batch(run_id, params=params)
+            self.client.set_terminated(run_id, "KILLED")
 
     def worker_lost(self, number: int) -> None:
         self.fail(number, "its worker process died (killed or crashed)")

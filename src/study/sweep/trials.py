@@ -19,7 +19,7 @@ from study.config import compose_config
 from study.epochs import DIVERGED, PRUNED, FitResult
 from study.run import run_one
 from study.secrets import redact
-from study.sweep.claims import TrialHeartbeat
+from study.sweep.claims import TrialHeartbeat, run_name
 from study.sweep.space import Param, set_values, trial_base_config
 from study.sweep.spec import Event, Finished, Started, WorkerSpec, encode_event
 from study.tracking import Store
@@ -213,11 +213,6 @@ class TrialRunner:
                 epochs=frozen.user_attrs.get("epochs"),
             )
         )
-
-
-def run_name(number: int, n_trials: int) -> str:
-    """`trial 007`: padded to the digits of n_trials, so names sort as numbers do."""
-    return f"trial {number:0{len(str(max(n_trials - 1, 0)))}d}"
 
 
 def note_run(trial: optuna.Trial, run_id: str, result: FitResult) -> None:
