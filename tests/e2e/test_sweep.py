@@ -512,6 +512,8 @@ def test_every_trial_has_its_marked_curves_and_a_description_naming_only_what_it
             assert "curves.png" in files, (number, files)
             steps = sweep.curve(run.info.run_id, "marker/best_epoch")
             assert steps == [int(run.data.metrics["best_epoch"])] * 2, number
+    # Each drawn once: the study's summary found the best trial's, and drew no second one.
+    assert not (sweep.sweep_dir / "best_trial").exists()
 
 
 def test_a_trial_reproduces_from_its_mlflow_run_id(

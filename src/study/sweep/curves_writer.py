@@ -192,13 +192,17 @@ class CurvesFromWorkers:
 
         return both
 
-    def close(self) -> None:
-        """Every figure sent drawn and logged: those still waiting here by the parent, while
-        the helpers draw theirs."""
+    def draw_waiting(self) -> None:
+        """Draw and log the figures waiting here (a study too small for helpers), while the
+        helpers draw theirs."""
         for job in self.waiting:
             if draw_figure(job):
                 log_figure(self.client(), job)
         self.waiting = []
+
+    def close(self) -> None:
+        """Every figure heard of drawn and logged."""
+        self.draw_waiting()
         for writer in self.writers:
             writer.close()
         self.writers = []

@@ -232,6 +232,8 @@ def run_sweep(
                 ran = ended.finished + ended.failed - tally.finished - tally.failed
                 n_trials = settings.n_trials
                 print(ended_note(settings.study_name, budget, ran, ended.finished, n_trials))
+            # The best trial's figure among them: the summary then finds it, not draws it again.
+            figures.draw_waiting()
             print(finish_parent_run(client, parent_run_id, study, plan.sweep_dir))
             figures.close()
             print(browse_hint(tracking, experiment_id))
