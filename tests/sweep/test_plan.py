@@ -264,6 +264,21 @@ def test_auto_is_capped_per_device_and_lower_for_wide_layers() -> None:
     assert pack_size("auto", _cfg([256, 256]), [LR], 10_000, CPU2) == AUTO_PACK["cpu"] // 8
 
 
+def test_a_time_budget_quarters_the_cap_not_a_small_studys_pack() -> None:
+    # Under sweep.timeout the trials in flight at its end finish after it: fewer end sooner.
+    assert pack_size("auto", _cfg(), [LR], 10_000, CPU2, budgeted=True) == AUTO_PACK["cpu"] // 4
+    assert pack_size("auto", _cfg(), [LR], 10_000, GPU1, budgeted=True) == AUTO_PACK["gpu"] // 4
+    assert pack_size("auto", _cfg(), [LR], 100, CPU2, budgeted=True) == 5
+    assert pack_size(32, _cfg(), [LR], 10_000, CPU2, budgeted=True) == 32  # asked for
+
+
+@pytest.mark.usefixtures("no_gpus")
+def test_a_budgeted_study_packs_a_quarter_of_the_cap(make_plan: MakePlan) -> None:
+    plan = make_plan("sweep.workers=2", "sweep.n_trials=10000", "sweep.timeout=60")
+    assert plan.settings.pack == AUTO_PACK["cpu"] // 4
+    assert make_plan("sweep.workers=2", "sweep.n_trials=10000").settings.pack == AUTO_PACK["cpu"]
+
+
 @pytest.mark.parametrize("param", [WIDTH, OPTIMIZER])
 def test_auto_is_one_when_the_search_changes_what_a_pack_shares(param: Param) -> None:
     assert pack_size("auto", _cfg(), [LR, param], 64, CPU2) == 1
