@@ -86,6 +86,7 @@ def test_params_are_the_resolved_config_flattened(tracked: Tracked) -> None:
     assert params["data.n_samples"] == "120"
     assert params["trainer.early_stopping.patience"] == "2"
     assert params["data.seed"] == "0"  # ${seed} is resolved, not logged as text
+    assert params["model"] == tracked.model  # the group its command chose, by name
     hidden = ("hydra", "diagnosis.", "tracking.")
     assert not [key for key in params if key.startswith(hidden) or key.endswith("_target_")]
 

@@ -315,6 +315,14 @@ def test_run_params_leave_out_what_says_nothing_about_the_model() -> None:
     assert run_params(cfg) == {"model.dropout": "0.1", "optimizer.lr": "0.01", "seed": "0"}
 
 
+def test_run_params_name_the_config_groups_the_command_chose() -> None:
+    cfg = OmegaConf.create(
+        {"optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}, "tracking": {}, "seed": 0}
+    )
+    overrides = ["optimizer=sgd", "optimizer.lr=0.1", "seed=0", "tracking=remote", "+x=1"]
+    assert run_params(cfg, overrides) == {"optimizer": "sgd", "optimizer.lr": "0.1", "seed": "0"}
+
+
 @pytest.mark.parametrize(
     ("value", "shown"),
     [(0.925000011920929, 0.925), (0.1234567891, 0.1234568), (17, 17.0), (1e-9 / 3, 3.333333e-10)],

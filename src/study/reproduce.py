@@ -19,7 +19,7 @@ from study.errors import UserError
 from study.markers import MARKERS
 from study.paths import TrackingChoice, choose_tracking_uri, script_command, store_option
 from study.run import CONFIG_ARTIFACT, run_one
-from study.tracking import RUN_STORE_HINT, Store, find_run
+from study.tracking import RUN_STORE_HINT, Store, find_run, is_group
 
 REPRODUCED_FROM_TAG = "study.reproduced_from"
 
@@ -131,10 +131,13 @@ def reproduce(run_id: str, tracking_uri: str | None = None, output_dir: Path | N
     cfg.tracking.uri = tracking_uri
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     output_dir = output_dir or Path("outputs") / "reproduce" / f"{run_id}_{stamp}"
+    # The config groups the original chose, by name: its config.yaml holds their values only.
+    params = client.get_run(run_id).data.params
+    chosen = [f"{key}={value}" for key, value in params.items() if is_group(cfg, key)]
     outcome = run_one(
         cfg,
         output_dir,
-        [],
+        chosen,
         run_name=f"reproduce {name}",
         tags={REPRODUCED_FROM_TAG: run_id},
         store=store,

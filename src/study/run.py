@@ -136,7 +136,7 @@ class OpenRun(contextlib.AbstractContextManager["OpenRun"]):
                 place.experiment_id,
                 run_name,
                 run_tags(cfg, tags),
-                run_params(cfg),
+                run_params(cfg, overrides),
                 place.parent_run_id,
             )
         )

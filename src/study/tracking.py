@@ -224,15 +224,27 @@ def flatten(cfg: DictConfig, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def run_params(cfg: DictConfig) -> dict[str, str]:
+def run_params(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, str]:
     """The params a run logs: the flattened config, without keys that say nothing about the
-    model (Hydra's `_target_`, the `diagnosis` and `tracking` sections)."""
-    return {
+    model (Hydra's `_target_`, the `diagnosis` and `tracking` sections), and each config group
+    its command or its trial chose (`optimizer=sgd`): the config holds the chosen file's values,
+    not its name, so the runs table could not show which optimizer a trial searched."""
+    params = {
         key: value
         for key, value in flatten(cfg).items()
         if not key.startswith(_HIDDEN_PARAM_SECTIONS)
         and key.rsplit(".", 1)[-1] not in _HIDDEN_PARAM_KEYS
     }
+    for override in overrides:
+        key, chosen, value = override.partition("=")
+        if chosen and is_group(cfg, key):
+            params[key] = value
+    return params
+
+
+def is_group(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` names a config group of `cfg` whose choice a run logs (`optimizer`)."""
+    return OmegaConf.is_dict(cfg.get(key)) and not f"{key}.".startswith(_HIDDEN_PARAM_SECTIONS)
 
 
 def clean_number(value: float) -> float:
