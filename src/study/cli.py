@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,6 +91,31 @@ def one_line(error: BaseException) -> str:
     return redact(text or type(error).__name__)
 
 
+def remove_refused_outputs() -> None:
+    """Remove what Hydra wrote for a refused single run (its output folder, holding nothing but
+    Hydra's .hydra/ and the job's log, then the folders left empty up to the working
+    directory): bad input writes nothing. A folder holding anything else is left as it is."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.RUN:  # a sweep's job: the sweep's folder is the sweeper's
+        return
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    hydras = {str(hydra_cfg.output_subdir), f"{hydra_cfg.job.name}.log"}
+    stop = Path.cwd().resolve()
+    if stop not in folder.parents or {p.name for p in folder.iterdir()} - hydras:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder = folder.parent
+    while folder != stop:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path = CONF_DIR) -> int:
     """Run `task` under hydra.main with argv; bad input -> one line on stderr and exit code 2."""
     import hydra
@@ -123,6 +149,7 @@ def run_hydra(task: Callable[..., object], argv: Sequence[str], conf_dir: Path =
             return task(cfg)
         except UserError as error:
             user_errors.append(error)
+            remove_refused_outputs()
             return None
 
     saved_argv = sys.argv

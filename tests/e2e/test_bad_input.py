@@ -457,4 +457,4 @@ def test_bad_input_writes_no_run_no_study_and_no_sweep_folder(
         storage = make_storage(str(outcome.journal))
         assert optuna.get_all_study_names(storage) == []
     assert not outcome.sweep_dir.exists()
-    assert not (outcome.work / "outputs" / "reproduce").exists()
+    assert not (outcome.work / "outputs").exists()  # not even Hydra's .hydra/ of a run
