@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ class CurvesWriter:
             text=True,
         )
         self.client = client
-        self.submitted: list[CurvesJob] = []
+        self.pending: deque[CurvesJob] = deque()  # submitted, in order, not answered yet
         self.drawn = 0  # figures drawn and logged, or given up on
         self._jobs: queue.SimpleQueue[CurvesJob | None] = queue.SimpleQueue()
         self._feeder = threading.Thread(target=self._feed, name="curves-feeder", daemon=True)
@@ -85,13 +86,13 @@ class CurvesWriter:
         self._hearer.start()
 
     def submit(self, job: CurvesJob) -> None:
-        self.submitted.append(job)
+        self.pending.append(job)
         self._jobs.put(job)
 
     @property
     def backlog(self) -> int:
         """Figures submitted and not drawn yet."""
-        return len(self.submitted) - self.drawn
+        return len(self.pending)
 
     def close(self, timeout_s: float = 300) -> None:
         """Wait until every submitted figure is drawn and logged (or `timeout_s` passed)."""
@@ -127,8 +128,10 @@ class CurvesWriter:
         assert stdout is not None
         with contextlib.suppress(ValueError, OSError):
             for line in stdout:  # a line per job, in order: "drawn", or "failed" (reported)
+                job = self.pending[0]
                 if line.strip() == DRAWN:
-                    log_figure(self.client, self.submitted[self.drawn])
+                    log_figure(self.client, job)
+                self.pending.popleft()  # after logging: backlog counts it until then
                 self.drawn += 1
 
 
